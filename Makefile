@@ -1,0 +1,47 @@
+# One command each: `make demo`, `make test`. Everything installs into .venv/.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+export JAX_PLATFORMS ?= cpu
+export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
+
+.PHONY: setup test test-slow demo parity bench lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: this is the CPU wheel on the machine's disk; anything looser pulls CUDA.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[jax,video,dev]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+demo: setup
+	$(VENV)/bin/dfc demo
+
+parity: setup
+	$(VENV)/bin/dfc parity --model all --config tiny --precision fp32 --report reports/parity-fp32
+	$(VENV)/bin/dfc parity --model all --config tiny --precision bf16 --report reports/parity-bf16
+
+bench: setup
+	$(PY) -m bench.run
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache reports

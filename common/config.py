@@ -1,0 +1,190 @@
+"""Hyperparameters of the VideoVAE and the VideoDiT: the one place they are written down.
+
+Field names are the constructor keyword arguments of the original training code (MODEL_SPEC section 1),
+so `VideoVAE(**asdict(cfg))` and `VideoVAE(cfg)` build the same model in either framework.
+The UNet fields are constants of the original code, exposed so that small test models stay small.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+
+def _require(ok: bool, why: str, cfg: Any) -> None:
+    if not ok:
+        raise ValueError(f"invalid {type(cfg).__name__}: {why} ({cfg})")
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    height: int = 256
+    width: int = 256
+    channels: int = 3
+    patch_size: int = 16
+    encoder_depth: int = 9
+    decoder_depth: int = 12
+    mlp_dim: int = 1536
+    num_heads: int = 8
+    qkv_features: int = 512
+    max_temporal_len: int = 64
+    spatial_compression_rate: int = 8
+    unembedding_upsample_rate: int = 4
+    unet_base_features: int = 16
+    unet_num_levels: int = 3
+    unet_temporal_kernel: int = 3
+
+    model_type: ClassVar[str] = "vae"
+
+    def __post_init__(self) -> None:
+        _require(self.height % self.patch_size == 0, "height must be a multiple of patch_size", self)
+        _require(self.width % self.patch_size == 0, "width must be a multiple of patch_size", self)
+        _require(self.qkv_features % self.num_heads == 0, "qkv_features must divide by num_heads", self)
+        _require(self.head_dim % 2 == 0, "head_dim must be even (RoPE rotates halves)", self)
+        _require(
+            self.patch_dim % self.spatial_compression_rate == 0,
+            "patch_dim must divide by spatial_compression_rate",
+            self,
+        )
+
+    @property
+    def patch_dim(self) -> int:
+        """D: values in one patch, `patch_size**2 * channels` (768 published)."""
+        return self.patch_size * self.patch_size * self.channels
+
+    @property
+    def latent_dim(self) -> int:
+        """Channels of one latent patch, `D / spatial_compression_rate` (96 published)."""
+        return self.patch_dim // self.spatial_compression_rate
+
+    @property
+    def num_patches(self) -> int:
+        """hw: patches per frame, also the spatial RoPE length (256 published)."""
+        return (self.height // self.patch_size) * (self.width // self.patch_size)
+
+    @property
+    def head_dim(self) -> int:
+        return self.qkv_features // self.num_heads
+
+    @property
+    def unet_channels(self) -> int:
+        """UNet input width: the upsampled video features, `channels * unembedding_upsample_rate`."""
+        return self.channels * self.unembedding_upsample_rate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    hw: int = 256
+    residual_dim: int = 1024
+    compressed_channel_dim: int = 96
+    depth: int = 30
+    mlp_dim: int = 2048
+    num_heads: int = 8
+    qkv_features: int = 1024
+    max_temporal_len: int = 64
+
+    model_type: ClassVar[str] = "dit"
+
+    def __post_init__(self) -> None:
+        _require(self.qkv_features % self.num_heads == 0, "qkv_features must divide by num_heads", self)
+        _require(self.head_dim % 2 == 0, "head_dim must be even (RoPE rotates halves)", self)
+
+    @property
+    def head_dim(self) -> int:
+        return self.qkv_features // self.num_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, **dataclasses.asdict(self)}
+
+
+AnyConfig = VAEConfig | DiTConfig
+C = TypeVar("C", VAEConfig, DiTConfig)
+
+VAE_PRESETS: dict[str, VAEConfig] = {
+    # The published model (MODEL_SPEC section 1): 170.6 M parameters.
+    "vae-256": VAEConfig(),
+    # Tests: every structural feature (several heads, UNet levels, padding) at a size that runs in ms.
+    "vae-tiny": VAEConfig(
+        height=32, width=32, patch_size=8, encoder_depth=2, decoder_depth=2, mlp_dim=64, num_heads=2,
+        qkv_features=32, max_temporal_len=16, unet_base_features=8, unet_num_levels=2,
+    ),
+    # Demo: small enough to compress a real clip in seconds on 2 cores, big enough to see a picture.
+    "vae-small": VAEConfig(
+        height=64, width=64, patch_size=8, encoder_depth=2, decoder_depth=2, mlp_dim=256, num_heads=4,
+        qkv_features=128, max_temporal_len=64, unet_base_features=8, unet_num_levels=2,
+    ),
+}
+DIT_PRESETS: dict[str, DiTConfig] = {
+    "dit-256": DiTConfig(),
+    # hw and compressed_channel_dim match vae-tiny / vae-small, so generated latents decode.
+    "dit-tiny": DiTConfig(
+        hw=16, residual_dim=64, compressed_channel_dim=24, depth=2, mlp_dim=128, num_heads=4,
+        qkv_features=64, max_temporal_len=16,
+    ),
+    "dit-small": DiTConfig(
+        hw=64, residual_dim=128, compressed_channel_dim=24, depth=2, mlp_dim=256, num_heads=4,
+        qkv_features=128, max_temporal_len=64,
+    ),
+}
+PRESETS: dict[str, AnyConfig] = {**VAE_PRESETS, **DIT_PRESETS}
+
+_BY_TYPE: dict[str, type] = {"vae": VAEConfig, "dit": DiTConfig}
+
+
+def config_from_dict(data: dict[str, Any], cls: type[C] | None = None) -> C:
+    """Build a config from a dict (as in `config.json`); unknown keys are an error that names them."""
+    data = dict(data)
+    model_type = data.pop("model_type", None)
+    if cls is None:
+        if model_type not in _BY_TYPE:
+            raise ValueError(f"config has no valid 'model_type' (got {model_type!r}; expected 'vae' or 'dit')")
+        cls = _BY_TYPE[model_type]
+    elif model_type is not None and model_type != cls.model_type:
+        raise ValueError(f"config is for model_type {model_type!r}, expected {cls.model_type!r}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    return cls(**{k: int(v) for k, v in data.items()})
+
+
+def config_from_json(text: str, cls: type[C] | None = None) -> C:
+    return config_from_dict(json.loads(text), cls)
+
+
+def config_to_json(cfg: AnyConfig) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=False) + "\n"
+
+
+def load_config(spec: Any, cls: type[C] | None = None) -> C:
+    """A config from a preset name, a JSON file (or a directory holding `config.json`), a dict or a config."""
+    if isinstance(spec, VAEConfig | DiTConfig):
+        if cls is not None and not isinstance(spec, cls):
+            raise TypeError(f"expected a {cls.__name__}, got a {type(spec).__name__}")
+        return spec
+    if isinstance(spec, dict):
+        return config_from_dict(spec, cls)
+    if isinstance(spec, str | os.PathLike):
+        name = os.fspath(spec)
+        if name in PRESETS:
+            return load_config(PRESETS[name], cls)
+        path = os.path.join(name, "config.json") if os.path.isdir(name) else name
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"no config {name!r}: not a preset ({', '.join(PRESETS)}) and no such JSON file"
+            )
+        with open(path, encoding="utf-8") as f:
+            return config_from_json(f.read(), cls)
+    raise TypeError(f"cannot make a config from {type(spec).__name__}")
+
+
+def resolve_config(cls: type[C], config: Any, overrides: dict[str, Any]) -> C:
+    """Constructor helper: `Model(config)`, `Model(**hyperparameters)` or a config plus overrides."""
+    base = cls() if config is None else load_config(config, cls)
+    return dataclasses.replace(base, **overrides) if overrides else base
