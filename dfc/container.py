@@ -1,0 +1,655 @@
+"""The `.dfc` file: one compressed video, as a safetensors file that describes itself (docs/FORMAT.md).
+
+Only the kept latent frames are stored (bf16 by default, float32 or 8-bit optional), with their gaps;
+everything needed to rebuild the video - clip layout, frame rate, original size and crop, model size,
+keep settings, weights identity - is one JSON document in the safetensors metadata. No pickle: reading
+a file never runs code. A SHA-256 over the whole file (with its own digest zeroed) makes any damage,
+down to one flipped byte, a clear error instead of a garbled video.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import numbers
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfc import __version__
+from dfc.errors import UserError
+from dfc.video import Crop, atomic_output
+
+FORMAT_NAME = "dfc-video"
+FORMAT_VERSION = 1
+SUFFIX = ".dfc"
+LATENT_DTYPES = ("bf16", "f32", "u8")
+KEEP_MODES = ("threshold", "bernoulli", "topk")
+BYTES_PER_VALUE = {"bf16": 2, "f32": 4, "u8": 1}
+
+_META_FORMAT, _META_VERSION, _META_DOC, _META_DIGEST = "format", "format_version", "dfc", "dfc.sha256"
+_DIGEST_PLACEHOLDER = "0" * 64
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit; a larger "header" is not a header
+
+
+class ContainerError(UserError):
+    """A `.dfc` file that cannot be written or read as it is: one line saying what is wrong."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model that made (and must decode) the latents. `weights` is an identity string such as
+    `weights_fingerprint(path)`; `config` optionally holds the full VAE config dict."""
+
+    height: int
+    width: int
+    num_patches: int
+    latent_dim: int
+    weights: str
+    config: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class KeepSettings:
+    mode: str = "threshold"
+    k: int | None = None
+    seed: int | None = None
+
+
+@dataclass
+class ClipLatents:
+    """One clip: frames `[start, start + num_frames)` of the video, the kept latents `(K, hw, L)` in
+    time order and their gaps `(K,)` (gaps[0] = index of the first kept frame within the clip)."""
+
+    start: int
+    num_frames: int
+    latents: np.ndarray
+    gaps: np.ndarray
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.num_frames
+
+    @property
+    def kept(self) -> int:
+        return int(self.gaps.shape[0])
+
+    def positions(self) -> np.ndarray:
+        """Frame index (within the clip) of each kept latent."""
+        return np.cumsum(self.gaps, dtype=np.int64)
+
+
+@dataclass
+class CompressedVideo:
+    fps: float
+    num_frames: int
+    crop: Crop
+    model: ModelInfo
+    keep: KeepSettings
+    clips: list[ClipLatents]
+    clip_frames: int
+    latent_dtype: str = "bf16"
+    source_name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form, JSON-serialisable notes
+
+    @property
+    def width(self) -> int:
+        return self.crop.source_width
+
+    @property
+    def height(self) -> int:
+        return self.crop.source_height
+
+    @property
+    def kept_frames(self) -> int:
+        return sum(clip.kept for clip in self.clips)
+
+
+# ---------------------------------------------------------------------------------------- bf16 and 8-bit
+
+
+def float32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) of float32 values, rounded to nearest, ties to even."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+    out = (rounded >> np.uint32(16)).astype(np.uint16)
+    nan = np.isnan(values)
+    if nan.any():  # rounding could carry a NaN's payload into infinity; keep it a (quiet) NaN
+        out[nan] = ((bits[nan] >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16)
+    return out
+
+
+def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """float32 values of bfloat16 bit patterns (exact: every bf16 value is a float32 value)."""
+    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def quantize_u8(latents: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel affine 8-bit codes of a clip's latents `(K, hw, L)`: `(codes uint8, scale (L,), low (L,))`.
+
+    Each latent channel gets its own range (channels differ in scale), spread over 256 levels; the
+    error per value is at most half a step, `scale / 2`.
+    """
+    low = latents.min(axis=(0, 1)).astype(np.float32)
+    scale = ((latents.max(axis=(0, 1)) - low) / np.float32(255)).astype(np.float32)
+    step = np.where(scale > 0, scale, np.float32(1))
+    codes = np.clip(np.rint((latents - low) / step), 0, 255).astype(np.uint8)
+    return codes, scale, low
+
+
+def dequantize_u8(codes: np.ndarray, scale: np.ndarray, low: np.ndarray) -> np.ndarray:
+    return codes.astype(np.float32) * scale + low
+
+
+def stored_values(latents: np.ndarray, latent_dtype: str) -> np.ndarray:
+    """The float32 latents a reader gets back after storing `latents` as `latent_dtype`."""
+    if latent_dtype == "f32":
+        return np.asarray(latents, np.float32)
+    if latent_dtype == "bf16":
+        return bf16_bits_to_float32(float32_to_bf16_bits(latents))
+    return dequantize_u8(*quantize_u8(np.asarray(latents, np.float32)))
+
+
+def quantization_effect(cv: CompressedVideo, latent_dtype: str = "u8") -> dict[str, Any]:
+    """What storing these latents as `latent_dtype` costs: errors against float32 and bytes saved.
+
+    Call it before writing (on the encoder's float32 latents): after reading, latents already are
+    the stored values and the error would show as zero.
+    """
+    _check_choice("latent_dtype", latent_dtype, LATENT_DTYPES)
+    squared, count, worst, energy, per_clip = 0.0, 0, 0.0, 0.0, []
+    for clip in cv.clips:
+        original = np.asarray(clip.latents, np.float32)
+        error = stored_values(original, latent_dtype) - original
+        clip_worst = float(np.abs(error).max(initial=0.0))
+        per_clip.append(clip_worst)
+        squared += float(np.square(error, dtype=np.float64).sum())
+        energy += float(np.square(original - original.mean(), dtype=np.float64).sum())
+        count += error.size
+        worst = max(worst, clip_worst)
+    mse = squared / max(count, 1)
+    variance = energy / max(count, 1)
+    return {
+        "latent_dtype": latent_dtype,
+        "values": count,
+        "rmse": math.sqrt(mse),
+        "max_abs_error": worst,
+        "max_abs_error_per_clip": per_clip,
+        "latent_std": math.sqrt(variance),
+        "snr_db": 10 * math.log10(variance / mse) if mse > 0 and variance > 0 else math.inf,
+        "latent_bytes": count * BYTES_PER_VALUE[latent_dtype],
+        "latent_bytes_bf16": count * BYTES_PER_VALUE["bf16"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------- checking
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ContainerError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_clip(index: int, clip: ClipLatents, model: ModelInfo) -> None:
+    where = f"clip {index} (frames {clip.start}..{clip.stop - 1})"
+    gaps, latents = clip.gaps, clip.latents
+    if gaps.ndim != 1 or gaps.dtype != np.int32 or gaps.shape[0] < 1:
+        raise ContainerError(f"{where}: gaps must be int32 (K,) with K >= 1, got {gaps.dtype} {gaps.shape}")
+    expected = (gaps.shape[0], model.num_patches, model.latent_dim)
+    if latents.shape != expected:
+        raise ContainerError(f"{where}: latents are {latents.shape}, expected (K, hw, L) = {expected}")
+    if gaps[0] < 0 or (gaps[1:] < 1).any():
+        raise ContainerError(f"{where}: gaps must be >= 0 first and >= 1 after, got {gaps.tolist()}")
+    last = int(np.sum(gaps, dtype=np.int64))
+    if last >= clip.num_frames:
+        raise ContainerError(
+            f"{where}: gaps place a kept frame at {last}, past the clip's {clip.num_frames} frames"
+        )
+    if not np.isfinite(latents).all():
+        raise ContainerError(f"{where}: latents contain NaN or infinity")
+
+
+def check_compressed_video(cv: CompressedVideo) -> None:
+    """Every rule a `.dfc` file obeys; raises `ContainerError` naming the first one broken."""
+    _check_choice("latent_dtype", cv.latent_dtype, LATENT_DTYPES)
+    _check_choice("keep mode", cv.keep.mode, KEEP_MODES)
+    if not (isinstance(cv.fps, numbers.Real) and math.isfinite(cv.fps) and cv.fps > 0):
+        raise ContainerError(f"fps must be a positive number, got {cv.fps!r}")
+    if cv.clip_frames < 1 or cv.num_frames < 1:
+        raise ContainerError(
+            f"num_frames and clip_frames must be >= 1, got {cv.num_frames}, {cv.clip_frames}"
+        )
+    if cv.keep.k is not None and cv.keep.k < 1:
+        raise ContainerError(f"keep k must be at least 1, got {cv.keep.k}")
+    model = cv.model
+    if min(model.height, model.width, model.num_patches, model.latent_dim) < 1:
+        raise ContainerError(f"model sizes must be >= 1: {model}")
+    if (cv.crop.model_height, cv.crop.model_width) != (model.height, model.width):
+        raise ContainerError(
+            f"crop was made for a {cv.crop.model_width}x{cv.crop.model_height} model, "
+            f"the model is {model.width}x{model.height}"
+        )
+    if not cv.clips:
+        raise ContainerError("a compressed video needs at least one clip")
+    expected_start = 0
+    for index, clip in enumerate(cv.clips):
+        if clip.start != expected_start or clip.num_frames < 1:
+            raise ContainerError(
+                f"clip {index} covers frames {clip.start}..{clip.stop - 1}, expected it to start at "
+                f"{expected_start} with at least one frame (clips must tile the video in order)"
+            )
+        _check_clip(index, clip, model)
+        expected_start = clip.stop
+    if expected_start != cv.num_frames:
+        raise ContainerError(f"clips cover {expected_start} frames, the video has {cv.num_frames}")
+
+
+def check_weights(cv: CompressedVideo, expected_weights: str) -> None:
+    if cv.model.weights != expected_weights:
+        raise ContainerError(
+            f"compressed with weights {cv.model.weights}, but the loaded weights are {expected_weights}; "
+            "decompress with the weights it was compressed with"
+        )
+
+
+def weights_fingerprint(path: str | os.PathLike, length: int = 16) -> str:
+    """`sha256:<first hex digits>` of a weights file's bytes: the identity stored in `.dfc` files."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()[:length]}"
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _clip_tensors(index: int, clip: ClipLatents, latent_dtype: str) -> list[tuple[str, str, tuple, bytes]]:
+    """(name, safetensors dtype, shape, little-endian bytes) of one clip's tensors."""
+    name = f"clip.{index:05d}"
+    latents = np.asarray(clip.latents, np.float32)
+    tensors = [(f"{name}.gaps", "I32", clip.gaps.shape, clip.gaps.astype("<i4").tobytes())]
+    if latent_dtype == "bf16":
+        tensors.append(
+            (f"{name}.latents", "BF16", latents.shape, float32_to_bf16_bits(latents).astype("<u2").tobytes())
+        )
+    elif latent_dtype == "f32":
+        tensors.append((f"{name}.latents", "F32", latents.shape, latents.astype("<f4").tobytes()))
+    else:
+        codes, scale, low = quantize_u8(latents)
+        tensors.append((f"{name}.scale", "F32", scale.shape, scale.astype("<f4").tobytes()))
+        tensors.append((f"{name}.low", "F32", low.shape, low.astype("<f4").tobytes()))
+        tensors.append((f"{name}.latents", "U8", codes.shape, codes.tobytes()))
+    return tensors
+
+
+def _document(cv: CompressedVideo) -> dict[str, Any]:
+    return {
+        "producer": f"dfc {__version__}",
+        # int()/float(): numpy scalars are welcome in a CompressedVideo, but not in JSON
+        "video": {
+            "num_frames": int(cv.num_frames),
+            "fps": float(cv.fps),
+            "width": cv.width,
+            "height": cv.height,
+        },
+        "fit": dataclasses.asdict(cv.crop),
+        "model": dataclasses.asdict(cv.model),
+        "keep": dataclasses.asdict(cv.keep),
+        "clip_frames": int(cv.clip_frames),
+        "latent_dtype": cv.latent_dtype,
+        "clips": [{"start": int(c.start), "num_frames": int(c.num_frames), "kept": c.kept} for c in cv.clips],
+        "source_name": cv.source_name,
+        "extra": cv.extra,
+    }
+
+
+def encode_container(cv: CompressedVideo) -> bytes:
+    """The bytes of the `.dfc` file for `cv` (what `write_container` writes)."""
+    check_compressed_video(cv)
+    try:
+        document = json.dumps(_document(cv), separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ContainerError(f"cannot describe the video as JSON: {err}") from None
+    metadata = {
+        _META_FORMAT: FORMAT_NAME,
+        _META_VERSION: str(FORMAT_VERSION),
+        _META_DOC: document,
+        _META_DIGEST: _DIGEST_PLACEHOLDER,
+    }
+    header: dict[str, Any] = {"__metadata__": metadata}
+    chunks, offset = [], 0
+    for index, clip in enumerate(cv.clips):
+        for name, dtype, shape, data in _clip_tensors(index, clip, cv.latent_dtype):
+            header[name] = {
+                "dtype": dtype,
+                "shape": list(shape),
+                "data_offsets": [offset, offset + len(data)],
+            }
+            chunks.append(data)
+            offset += len(data)
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes += b" " * (-len(header_bytes) % 8)  # safetensors pads the header so data is 8-byte aligned
+    prefix = struct.pack("<Q", len(header_bytes)) + header_bytes
+    digest = hashlib.sha256(prefix)
+    for chunk in chunks:
+        digest.update(chunk)
+    needle = _digest_field(_DIGEST_PLACEHOLDER)
+    prefix = prefix.replace(needle, _digest_field(digest.hexdigest()), 1)
+    return b"".join([prefix, *chunks])
+
+
+def _digest_field(hex_digest: str) -> bytes:
+    return json.dumps({_META_DIGEST: hex_digest}, separators=(",", ":"))[1:-1].encode()
+
+
+def write_container(path: str | os.PathLike, cv: CompressedVideo) -> Path:
+    """Write `cv` to `path` atomically (temporary name, fsync, rename): never a half-written file."""
+    data = encode_container(cv)
+    try:
+        with atomic_output(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except UserError as err:
+        raise ContainerError(str(err)) from None
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+class _Corrupt(Exception):
+    """Internal: the file is damaged; the reader turns it into one ContainerError line."""
+
+
+def _need(ok: bool, why: str) -> None:
+    if not ok:
+        raise _Corrupt(why)
+
+
+_JSON_NAMES = {int: "an integer", str: "text", dict: "an object", list: "a list", (int, float): "a number"}
+
+
+def _field(mapping: Any, key: str, kind: type | tuple, *, minimum: int | None = None, optional: bool = False):
+    """`mapping[key]` after checking its JSON type (and lower bound); a missing optional key is None."""
+    _need(isinstance(mapping, dict), f"expected an object holding {key!r}")
+    value = mapping.get(key)
+    if value is None:
+        _need(optional, f"{key!r} is missing")
+        return None
+    # bool is an int to Python, never to this format
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    _need(ok, f"{key!r} is {str(value)[:40]!r}, expected {_JSON_NAMES.get(kind, kind)}")
+    if minimum is not None:
+        _need(value >= minimum, f"{key!r} is {value}, expected >= {minimum}")
+    return value
+
+
+def _finite(value: int | float, key: str) -> float:
+    try:
+        number = float(value)
+    except OverflowError:  # JSON integers have no size limit
+        number = math.inf
+    _need(math.isfinite(number), f"{key!r} is not a finite number")
+    return number
+
+
+def _parse_header(data: bytes) -> tuple[dict[str, Any], int]:
+    _need(len(data) >= 8, "too short to be a .dfc file")
+    (size,) = struct.unpack("<Q", data[:8])
+    _need(0 < size <= _MAX_HEADER, "not a .dfc file (no safetensors header)")
+    _need(8 + size <= len(data), f"truncated: the header needs {8 + size} bytes, the file has {len(data)}")
+    try:
+        header = json.loads(data[8 : 8 + size].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _Corrupt("not a .dfc file (its header is not JSON)") from None
+    _need(isinstance(header, dict), "not a .dfc file (its header is not a JSON object)")
+    return header, 8 + size
+
+
+def _check_format(header: dict[str, Any]) -> dict[str, str]:
+    metadata = header.get("__metadata__")
+    name = metadata.get(_META_FORMAT) if isinstance(metadata, dict) else None
+    if name != FORMAT_NAME:
+        kind = f"whose format is {name!r}" if isinstance(name, str) else "without dfc metadata"
+        raise ContainerError(f"not a .dfc video (a safetensors file {kind}, e.g. model weights)")
+    _need(all(isinstance(v, str) for v in metadata.values()), "metadata values must be text")
+    version = metadata.get(_META_VERSION, "")
+    _need(version.isascii() and version.isdigit(), f"format version {version!r} is not a number")
+    if int(version) != FORMAT_VERSION:
+        newer = int(version) > FORMAT_VERSION
+        raise ContainerError(
+            f"format version {int(version)}: this dfc reads version {FORMAT_VERSION}"
+            + ("; it was written by a newer dfc, upgrade to read it" if newer else "")
+        )
+    return metadata
+
+
+def _check_digest(data: bytes, header_end: int, metadata: dict[str, str]) -> None:
+    stored = metadata.get(_META_DIGEST, "")
+    _need(len(stored) == 64 and all(c in "0123456789abcdef" for c in stored), "no valid checksum")
+    prefix = data[:header_end]
+    field_bytes = _digest_field(stored)
+    _need(prefix.count(field_bytes) == 1, "checksum field not found where dfc writes it")
+    digest = hashlib.sha256(prefix.replace(field_bytes, _digest_field(_DIGEST_PLACEHOLDER), 1))
+    digest.update(memoryview(data)[header_end:])
+    _need(
+        digest.hexdigest() == stored,
+        "checksum mismatch: the file was changed or damaged after it was written",
+    )
+
+
+_DTYPES = {"BF16": np.dtype("<u2"), "F32": np.dtype("<f4"), "I32": np.dtype("<i4"), "U8": np.dtype("u1")}
+
+
+def _counts(value: Any, length: int | None = None) -> bool:
+    """A JSON list of non-negative integers (of `length` items when given)."""
+    return (
+        isinstance(value, list)
+        and (length is None or len(value) == length)
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value)
+    )
+
+
+def _tensors(header: dict[str, Any], data: bytes, header_end: int) -> dict[str, np.ndarray]:
+    """Raw tensors (bf16 as uint16 bits), after checking that they tile the data buffer exactly."""
+    entries = []
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        _need(isinstance(spec, dict), f"tensor {name!r} is not described")
+        dtype = spec.get("dtype")
+        _need(isinstance(dtype, str) and dtype in _DTYPES, f"tensor {name!r} has an unexpected dtype")
+        shape, offsets = spec.get("shape"), spec.get("data_offsets")
+        _need(_counts(shape), f"bad shape of {name!r}")
+        _need(_counts(offsets, 2), f"bad data offsets of {name!r}")
+        size = math.prod(shape) * _DTYPES[dtype].itemsize
+        _need(offsets[1] - offsets[0] == size, f"size of {name!r} disagrees with its shape")
+        entries.append((offsets[0], offsets[1], name, shape, _DTYPES[dtype]))
+    entries.sort(key=lambda e: e[0])
+    position, available = 0, len(data) - header_end
+    needed = max((end for _, end, *_ in entries), default=0)
+    _need(
+        needed <= available, f"truncated: the tensors need {needed} bytes of data, the file has {available}"
+    )
+    tensors = {}
+    for begin, end, name, shape, dtype in entries:
+        _need(begin == position, f"tensor {name!r} does not follow the previous one")
+        tensors[name] = np.frombuffer(data, dtype, math.prod(shape), header_end + begin).reshape(shape)
+        position = end
+    _need(position == available, f"{available - position} unexpected bytes after the last tensor")
+    return tensors
+
+
+def _crop_from(doc: dict[str, Any]) -> Crop:
+    fit = _field(doc, "fit", dict)
+    mode = _field(fit, "mode", str)
+    values = {f.name: _field(fit, f.name, int) for f in dataclasses.fields(Crop) if f.name != "mode"}
+    try:
+        return Crop(mode=mode, **values)
+    except ValueError as err:
+        raise _Corrupt(str(err)) from None
+
+
+def _clip_from(
+    index: int, entry: dict[str, Any], tensors: dict[str, np.ndarray], latent_dtype: str
+) -> ClipLatents:
+    name = f"clip.{index:05d}"
+    start = _field(entry, "start", int, minimum=0)
+    num_frames = _field(entry, "num_frames", int, minimum=1)
+    kept = _field(entry, "kept", int, minimum=1)
+    _need(f"{name}.gaps" in tensors and f"{name}.latents" in tensors, f"tensors of clip {index} are missing")
+    gaps, stored = tensors[f"{name}.gaps"], tensors[f"{name}.latents"]
+    _need(
+        gaps.shape == (kept,), f"clip {index}: {gaps.shape[0] if gaps.ndim else '?'} gaps, {kept} kept frames"
+    )
+    _need(stored.ndim == 3 and stored.shape[0] == kept, f"clip {index}: latents are {stored.shape}")
+    wanted = {"bf16": np.dtype("<u2"), "f32": np.dtype("<f4"), "u8": np.dtype("u1")}[latent_dtype]
+    _need(stored.dtype == wanted and gaps.dtype == np.dtype("<i4"), f"clip {index}: tensor dtypes disagree")
+    if latent_dtype == "bf16":
+        latents = bf16_bits_to_float32(stored)
+    elif latent_dtype == "f32":
+        latents = stored.astype(np.float32)
+    else:
+        scale, low = tensors.get(f"{name}.scale"), tensors.get(f"{name}.low")
+        _need(scale is not None and low is not None, f"clip {index}: 8-bit scale or low is missing")
+        _need(scale.shape == low.shape == (stored.shape[2],), f"clip {index}: 8-bit scale/low shapes")
+        _need(bool(np.isfinite(scale).all() and (scale >= 0).all() and np.isfinite(low).all()), "8-bit scale")
+        latents = dequantize_u8(stored, scale, low)
+    return ClipLatents(start=start, num_frames=num_frames, latents=latents, gaps=gaps.astype(np.int32))
+
+
+def _video_from(doc: Any, tensors: dict[str, np.ndarray]) -> CompressedVideo:
+    _need(isinstance(doc, dict), "the description is not a JSON object")
+    video = _field(doc, "video", dict)
+    model_doc = _field(doc, "model", dict)
+    model = ModelInfo(
+        height=_field(model_doc, "height", int, minimum=1),
+        width=_field(model_doc, "width", int, minimum=1),
+        num_patches=_field(model_doc, "num_patches", int, minimum=1),
+        latent_dim=_field(model_doc, "latent_dim", int, minimum=1),
+        weights=_field(model_doc, "weights", str),
+        config=_field(model_doc, "config", dict, optional=True),
+    )
+    keep_doc = _field(doc, "keep", dict)
+    keep = KeepSettings(
+        mode=_field(keep_doc, "mode", str),
+        k=_field(keep_doc, "k", int, optional=True),
+        seed=_field(keep_doc, "seed", int, optional=True),
+    )
+    latent_dtype = _field(doc, "latent_dtype", str)
+    _need(latent_dtype in LATENT_DTYPES, f"unknown latent dtype {latent_dtype!r}")
+    clip_docs = _field(doc, "clips", list)
+    clips = [_clip_from(i, entry, tensors, latent_dtype) for i, entry in enumerate(clip_docs)]
+    expected_names = {f"clip.{i:05d}.{part}" for i in range(len(clips)) for part in ("gaps", "latents")}
+    if latent_dtype == "u8":
+        expected_names |= {f"clip.{i:05d}.{part}" for i in range(len(clips)) for part in ("scale", "low")}
+    _need(set(tensors) == expected_names, "the tensors do not match the clips described")
+    cv = CompressedVideo(
+        fps=_finite(_field(video, "fps", (int, float)), "fps"),
+        num_frames=_field(video, "num_frames", int, minimum=1),
+        crop=_crop_from(doc),
+        model=model,
+        keep=keep,
+        clips=clips,
+        clip_frames=_field(doc, "clip_frames", int, minimum=1),
+        latent_dtype=latent_dtype,
+        source_name=_field(doc, "source_name", str, optional=True),
+        extra=_field(doc, "extra", dict, optional=True) or {},
+    )
+    _need(
+        (video.get("width"), video.get("height")) == (cv.width, cv.height),
+        "video size disagrees with the crop",
+    )
+    return cv
+
+
+def decode_container(
+    data: bytes, *, expected_weights: str | None = None, name: str = "<bytes>"
+) -> CompressedVideo:
+    """Parse and fully check the bytes of a `.dfc` file; every problem is one `ContainerError` line."""
+    try:
+        header, header_end = _parse_header(data)
+        metadata = _check_format(header)
+        tensors = _tensors(header, data, header_end)  # before the checksum, to tell truncation apart
+        _check_digest(data, header_end, metadata)
+        try:
+            doc = json.loads(metadata[_META_DOC])
+        except (KeyError, ValueError, RecursionError):
+            raise _Corrupt("its description is missing or not JSON") from None
+        cv = _video_from(doc, tensors)
+        check_compressed_video(cv)
+    except _Corrupt as err:
+        raise ContainerError(f"{name}: damaged or not a .dfc file: {err}") from None
+    except ContainerError as err:
+        raise ContainerError(f"{name}: {err}") from None
+    if expected_weights is not None:
+        try:
+            check_weights(cv, expected_weights)
+        except ContainerError as err:
+            raise ContainerError(f"{name}: {err}") from None
+    return cv
+
+
+def read_container(path: str | os.PathLike, *, expected_weights: str | None = None) -> CompressedVideo:
+    """Read and check a `.dfc` file. With `expected_weights`, refuse a file made with other weights."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ContainerError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ContainerError(f"{path}: is a folder, not a .dfc file") from None
+    except OSError as err:
+        raise ContainerError(f"{path}: cannot read ({err.strerror or err})") from None
+    return decode_container(data, expected_weights=expected_weights, name=str(path))
+
+
+# ----------------------------------------------------------------------------------------------- reports
+
+
+def size_report(cv: CompressedVideo, input_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Where the bytes go. Every ratio is in bytes (stored file against uint8 RGB frames), not in values."""
+    container_bytes = len(encode_container(cv))
+    per_value = BYTES_PER_VALUE[cv.latent_dtype]
+    latent_frame_bytes = cv.model.num_patches * cv.model.latent_dim * per_value
+    pixel_frame_bytes = cv.model.height * cv.model.width * 3
+    raw_original = cv.num_frames * cv.width * cv.height * 3
+    raw_model = cv.num_frames * pixel_frame_bytes
+    input_bytes = os.path.getsize(input_path) if input_path is not None else None
+    kept = cv.kept_frames
+    values_ratio = pixel_frame_bytes / (cv.model.num_patches * cv.model.latent_dim)
+    return {
+        "container_bytes": container_bytes,
+        "latent_bytes": kept * latent_frame_bytes,
+        "overhead_bytes": container_bytes - kept * latent_frame_bytes,
+        "raw_bytes_original": raw_original,
+        "raw_bytes_model": raw_model,
+        "input_bytes": input_bytes,
+        "ratio_vs_raw_original": raw_original / container_bytes,
+        "ratio_vs_raw_model": raw_model / container_bytes,
+        "ratio_vs_input": input_bytes / container_bytes if input_bytes else None,
+        "num_frames": cv.num_frames,
+        "kept_frames": kept,
+        "frames_per_clip": [clip.num_frames for clip in cv.clips],
+        "kept_per_clip": [clip.kept for clip in cv.clips],
+        "temporal_ratio": cv.num_frames / kept,
+        "latent_dtype": cv.latent_dtype,
+        "latent_frame_bytes": latent_frame_bytes,
+        "pixel_frame_bytes": pixel_frame_bytes,
+        "per_kept_frame_byte_ratio": pixel_frame_bytes / latent_frame_bytes,
+        "per_kept_frame_value_ratio": values_ratio,
+        "note": (
+            f"ratios are in bytes: a kept latent frame stored as {cv.latent_dtype} is "
+            f"{latent_frame_bytes:,} B against {pixel_frame_bytes:,} B of uint8 pixels at the model size "
+            f"({pixel_frame_bytes / latent_frame_bytes:.1f}x; {values_ratio:.1f}x counting values)"
+        ),
+    }

@@ -1,0 +1,175 @@
+"""What the suite runs, on which inputs: one `Case` per promise of the product.
+
+A case's `run(fw, models, inputs)` is written once for both frameworks against the shared call contract
+(docs/ARCHITECTURE.md): `fw.ns` is `jax_ref` or `torch_impl`, `fw.asarray` / `fw.numpy` move arrays,
+`models` maps subject names to built models, `inputs` holds the case's arrays already on the framework.
+
+Inputs are chosen so that porting mistakes can show: at least 3 frames (RoPE and q/k mistakes are
+invisible at a single position), a padded last frame in one clip (mask mistakes are invisible without
+one), random weights everywhere (zero biases hide conversion bugs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FRAMES = 4
+BATCH = 2
+SAMPLER_STEPS = 4
+TOPK = 2
+
+Inputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    models: tuple[str, ...]  # subject names, e.g. ("dit", "vae") for the generation pipeline
+    make_inputs: Callable[[Mapping[str, Any], np.random.Generator], Inputs]  # (subjects, rng) -> inputs
+    run: Callable[[Any, Mapping[str, Any], Mapping[str, Any]], Any]
+    step_path: str | None = None  # the module whose calls are sampler steps
+    covers: str = ""
+    discrete: tuple[str, ...] = field(default=())  # output suffixes compared exactly (frame indices)
+
+
+def padded_mask(batch: int, frames: int) -> np.ndarray:
+    """All frames valid except the last frame of the last clip: a padded clip next to a full one."""
+    mask = np.ones((batch, frames), bool)
+    mask[-1, -1] = False
+    return mask
+
+
+def video_inputs(subjects, rng) -> Inputs:
+    cfg = subjects["vae"].config
+    shape = (BATCH, FRAMES, cfg.height, cfg.width, cfg.channels)
+    return {
+        "video": rng.uniform(0, 1, shape).astype(np.float32),
+        "mask": padded_mask(BATCH, FRAMES),
+        "noise": rng.uniform(0, 1, (BATCH, FRAMES)).astype(np.float32),
+    }
+
+
+def latent_inputs(subjects, rng) -> Inputs:
+    cfg = subjects["vae"].config
+    shape = (BATCH, FRAMES, cfg.num_patches, cfg.latent_dim)
+    return {"latent": rng.standard_normal(shape, dtype=np.float32), "mask": padded_mask(BATCH, FRAMES)}
+
+
+def dit_inputs(subjects, rng) -> Inputs:
+    cfg = subjects["dit"].config
+    shape = (BATCH, FRAMES, cfg.hw, cfg.compressed_channel_dim)
+    return {
+        "latent": rng.standard_normal(shape, dtype=np.float32),
+        "noise": rng.standard_normal(shape, dtype=np.float32),
+        "mask": padded_mask(BATCH, FRAMES),
+        "time": np.array([[0.25], [0.75]], np.float32)[:BATCH],
+    }
+
+
+def generation_inputs(subjects, rng) -> Inputs:
+    cfg = subjects["dit"].config
+    shape = (1, FRAMES, cfg.hw, cfg.compressed_channel_dim)
+    return {"noise": rng.standard_normal(shape, dtype=np.float32), "mask": np.ones((1, FRAMES), bool)}
+
+
+def block_inputs(name: str):
+    def make(subjects, rng) -> Inputs:
+        from parity.subjects import block_width
+
+        cfg = subjects[name].config
+        patches = min(64, cfg.num_patches if hasattr(cfg, "num_patches") else cfg.hw)
+        x = rng.standard_normal((1, FRAMES, patches, block_width(cfg)), dtype=np.float32)
+        return {"x": x, "mask": padded_mask(1, FRAMES)[:, None, None, :]}
+
+    return make
+
+
+def _decode(fw, models, x):
+    return models["vae"].decoder(x["latent"], x["mask"])
+
+
+def _encode(fw, models, x):
+    return models["vae"].encoder(x["video"], x["mask"])
+
+
+def _round_trip(mode: str):
+    def run(fw, models, x):
+        vae = models["vae"]
+        noise = x["noise"] if mode == "bernoulli" else None
+        compressed = vae.compress(x["video"], x["mask"], mode=mode, k=TOPK if mode == "topk" else None, noise=noise)
+        return {"compressed": compressed, "video": vae.decompress(compressed)}
+
+    return run
+
+
+def _sample(steps: int):
+    def run(fw, models, x):
+        latents, gaps = fw.ns.sample(models["dit"], x["noise"], x["mask"], steps)
+        positions, frames = fw.ns.gaps_to_positions(gaps, x["mask"])
+        return {"latents": latents, "gaps": gaps, "positions": positions, "frames": frames}
+
+    return run
+
+
+def _generate(steps: int):
+    """DiT sampling, gaps -> frame positions, latents placed among fill tokens, VAE decode (one clip)."""
+
+    def run(fw, models, x):
+        sampled = _sample(steps)(fw, models, x)
+        vae = models["vae"]
+        positions = fw.numpy(sampled["positions"])[0]
+        frames = int(fw.numpy(sampled["frames"])[0])
+        if frames > vae.config.max_temporal_len:
+            raise ValueError(f"generated {frames} frames, more than the VAE's {vae.config.max_temporal_len}")
+        gaps = np.diff(positions, prepend=0).astype(np.int32)[None]  # gaps[0] = first position
+        latent = fw.ns.place_kept(sampled["latents"], fw.asarray(gaps), x["mask"], frames, fw.fill_token(vae))
+        video = vae.decoder(latent, fw.asarray(np.ones((1, frames), bool)))
+        return {**sampled, "video": video}
+
+    return run
+
+
+def _block(fw, models, x):
+    (block,) = models.values()
+    return block(x["x"], x["mask"])
+
+
+_DISCRETE_COMPRESSED = ("[compressed].gaps", "[compressed].kept_valid", "[compressed].num_frames")
+_DISCRETE_SAMPLED = ("[positions]", "[frames]")
+
+
+def vae_cases() -> list[Case]:
+    cases = [
+        Case("vae.encode", ("vae",), video_inputs, _encode,
+             covers="PatchEmbedding, Encoder, attention with a padded frame"),
+        Case("vae.decode", ("vae",), latent_inputs, _decode,
+             covers="Decoder, PatchUnEmbedding, UNet (Conv3d, GroupNorm, ConvTranspose3d) on a padded clip"),
+    ]
+    for mode in ("threshold", "bernoulli", "topk"):
+        cases.append(Case(f"vae.compress.{mode}", ("vae",), video_inputs, _round_trip(mode),
+                          covers=f"compress + decompress, {mode} selection", discrete=_DISCRETE_COMPRESSED))
+    return cases
+
+
+def dit_cases(steps: int = SAMPLER_STEPS) -> list[Case]:
+    return [
+        Case("dit.forward", ("dit",), dit_inputs, lambda fw, m, x: m["dit"](x["latent"], x["mask"], x["time"]),
+             covers="DiT forward with a padded frame"),
+        Case("dit.sample", ("dit",), dit_inputs, _sample(steps), step_path="",
+             covers=f"Euler sampling, {steps} steps: trajectory, final latents, gaps, positions, length",
+             discrete=_DISCRETE_SAMPLED),
+    ]
+
+
+def generation_case(steps: int = SAMPLER_STEPS) -> Case:
+    return Case("generate", ("dit", "vae"), generation_inputs, _generate(steps), step_path="dit/",
+                covers="DiT sampling -> positions -> VAE decode", discrete=_DISCRETE_SAMPLED)
+
+
+def block_case(name: str) -> Case:
+    return Case(f"{name}.factored_attention", (name,), block_inputs(name), _block,
+                covers="one FactoredAttention block, temporal attention with a padded frame")

@@ -1,0 +1,220 @@
+"""Run cases three ways and judge every layer: the JAX fp32 reference, JAX bf16, and PyTorch.
+
+Carried: each side runs the case end to end on its own activations, so errors accumulate as they would
+in use. Isolated: every module is run once more on each side, alone, on the reference's captured inputs
+(cast to that side's own input dtypes), so a layer's error is its own: a divergence is pinned on the
+layer that causes it, not on every layer after it. Sampler cases are the same per Euler step.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from common.precision import NormNumerics, Precision
+from parity.capture import STEP_PREFIX, Capture, Recorded, call_key, display_path
+from parity.cases import Case
+from parity.environment import PINNED, Pins
+from parity.judge import FP32_JUDGE, Row, judge_row
+from parity.results import CaseResult
+from parity.subjects import Subject
+
+MODES = ("carried", "isolated")
+# The flax-era numerics each torch policy is built to reproduce (common.precision); the verdict of a
+# bf16 run is against this pairing unless another judge is asked for. The report measures both.
+NATURAL_NUMERICS = {Precision.BF16: NormNumerics.FLAX_0_12_1, Precision.MIXED: NormNumerics.FLAX_0_10}
+
+
+@dataclass(frozen=True)
+class Settings:
+    precision: Precision = Precision.FP32
+    numerics: tuple[NormNumerics, ...] = tuple(NormNumerics)
+    modes: tuple[str, ...] = MODES
+    device: str = "cpu"
+    seed: int = 0
+    pins: Pins = PINNED
+    judge: str | None = None  # None: fp32, or the policy's natural numerics
+
+    @property
+    def judges(self) -> list[str]:
+        return [FP32_JUDGE] if self.precision is Precision.FP32 else [n.value for n in self.numerics]
+
+    @property
+    def verdict_judge(self) -> str:
+        if self.precision is Precision.FP32:
+            return FP32_JUDGE
+        if self.judge:
+            return self.judge
+        natural = NATURAL_NUMERICS[self.precision].value
+        return natural if natural in self.judges else self.judges[0]
+
+
+@dataclass
+class Lineup:
+    """Every model of a run, per side, all holding the same fp32 weights."""
+
+    subjects: dict[str, Subject]
+    settings: Settings
+    weights: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    reference: dict[str, Any] = field(default_factory=dict)
+    jax: dict[str, dict[str, Any]] = field(default_factory=dict)  # judge -> {subject: model}
+    torch: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        subjects: Mapping[str, Subject],
+        settings: Settings,
+        weights: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+        torch_models: Mapping[str, Any] | None = None,
+    ) -> Lineup:
+        """Random weights (seeded) unless `weights` (flax leaves per subject) are given; torch models are
+        converted from those weights unless given (e.g. loaded from converted files)."""
+        import jax.numpy as jnp
+
+        from parity.transfer import jax_model, reference_weights, torch_model
+
+        lineup = cls(dict(subjects), settings)
+        for name, s in subjects.items():
+            flat = dict(weights[name]) if weights and name in weights else reference_weights(s.build_jax, settings.seed)
+            lineup.weights[name] = flat
+            lineup.reference[name] = jax_model(s.build_jax, flat, jnp.float32, NormNumerics.FLAX_0_10)
+            if settings.precision is not Precision.FP32:
+                for numerics in settings.numerics:
+                    model = jax_model(s.build_jax, flat, jnp.bfloat16, numerics)
+                    lineup.jax.setdefault(numerics.value, {})[name] = model
+            if torch_models and name in torch_models:
+                lineup.torch[name] = torch_models[name]
+            else:
+                lineup.torch[name] = torch_model(
+                    s.build_torch, flat, s.table, s.prefix, settings.precision, settings.device
+                )
+        return lineup
+
+    def sides(self, case: Case):
+        from parity.capture_jax import JaxSide
+        from parity.capture_torch import TorchSide
+
+        pick = lambda models: {name: models[name] for name in case.models}  # noqa: E731
+        channels_first = tuple(p for name in case.models for p in _qualified(self.subjects[name], case))
+        reference = JaxSide("reference", pick(self.reference))
+        jax_sides = {judge: JaxSide(f"jax bf16 {judge}", pick(models)) for judge, models in self.jax.items()}
+        torch_side = TorchSide(
+            f"torch {self.settings.precision.value}", pick(self.torch), self.settings.device, channels_first
+        )
+        return reference, jax_sides, torch_side
+
+
+def _qualified(subject: Subject, case: Case) -> tuple[str, ...]:
+    if len(case.models) == 1:
+        return subject.channels_first
+    return tuple(f"{subject.name}/{p}" for p in subject.channels_first)
+
+
+def _replay_all(side, own: Capture, reference: Capture) -> dict[str, dict[str, Recorded] | str]:
+    out: dict[str, dict[str, Recorded] | str] = {}
+    for key, ref_call in reference.calls.items():
+        call = own.calls.get(key)
+        if call is None:
+            continue
+        try:
+            out[key] = side.replay(call, ref_call)
+        except Exception as err:  # a module that cannot take the reference's inputs is a finding
+            out[key] = f"replay failed: {type(err).__name__}: {err}"
+    return out
+
+
+def _carried(capture: Capture) -> dict[str, dict[str, Recorded] | str]:
+    return {key: call.outputs for key, call in capture.calls.items()}
+
+
+def _step_state(call) -> Recorded | None:
+    """The state a sampler step hands the model: the first array argument of the step call."""
+    arrays = call.input_arrays() if call is not None else []
+    return arrays[0] if arrays and arrays[0].value is not None else None
+
+
+def _rows(
+    case: Case,
+    mode: str,
+    reference: Capture,
+    torch_out: dict[str, Any],
+    jax_out: dict[str, dict[str, Any]],
+    torch_cap: Capture,
+    jax_caps: dict[str, Capture],
+    judges: list[str],
+) -> list[Row]:
+    rows = []
+
+    def add(key, label, call_path, kind, suffix, step, ref, torch_value, jax_values, note=""):
+        row = Row(key + suffix, label + suffix, call_path, kind, suffix, step, suffix in case.discrete)
+        rows.append(judge_row(row, ref, torch_value, jax_values, judges))
+        if note:
+            row.note = note
+            row.passed = dict.fromkeys(row.passed, False)
+
+    for key, call in reference.calls.items():
+        label = call_key(display_path(call.path, call.kind), call.step, call.repeat)
+        if call.path == case.step_path and mode == "carried":
+            jax_states = {j: _step_state(c.calls.get(key)) for j, c in jax_caps.items()}
+            add(key, label, call.path, call.kind, "<in>", call.step, _step_state(call),
+                _step_state(torch_cap.calls.get(key)), jax_states)
+        torch_outputs = torch_out.get(key)
+        for suffix, ref in call.outputs.items():
+            note = ""
+            if torch_outputs is None:
+                note = "not called by torch"
+            elif isinstance(torch_outputs, str):
+                note = torch_outputs
+            torch_value = torch_outputs.get(suffix) if isinstance(torch_outputs, dict) else None
+            jax_values = {}
+            for judge, outs in jax_out.items():
+                got = outs.get(key)
+                jax_values[judge] = got.get(suffix) if isinstance(got, dict) else None
+            add(key, label, call.path, call.kind, suffix, call.step, ref, torch_value, jax_values, note)
+    if mode == "carried":
+        for suffix, ref in reference.output.items():
+            jax_values = {j: c.output.get(suffix) for j, c in jax_caps.items()}
+            add("(output)", "(output)", "(output)", "case", suffix, None, ref, torch_cap.output.get(suffix), jax_values)
+    return rows
+
+
+def run_case(case: Case, lineup: Lineup, inputs: Mapping[str, np.ndarray] | None = None) -> list[CaseResult]:
+    """One CaseResult per mode of the lineup's settings."""
+    settings = lineup.settings
+    subjects = {name: lineup.subjects[name] for name in case.models}
+    if inputs is None:
+        inputs = case.make_inputs(subjects, np.random.default_rng(settings.seed))
+    judges = settings.judges
+    results = [CaseResult(case.name, case.covers, mode, judges, step_path=case.step_path) for mode in settings.modes]
+    reference_side, jax_sides, torch_side = lineup.sides(case)
+    keep = (lambda path: path == case.step_path) if case.step_path is not None else False
+    try:
+        reference = reference_side.capture(case, inputs)
+        jax_caps = {judge: side.capture(case, inputs, keep) for judge, side in jax_sides.items()}
+        torch_cap = torch_side.capture(case, inputs, keep)
+    except Exception as err:
+        message = f"{type(err).__name__}: {err}"
+        for result in results:
+            result.error = message + "\n" + traceback.format_exc(limit=4)
+        return results
+    for result in results:
+        if result.mode == "carried":
+            torch_out = _carried(torch_cap)
+            jax_out = {j: _carried(c) for j, c in jax_caps.items()}
+        else:
+            torch_out = _replay_all(torch_side, torch_cap, reference)
+            jax_out = {j: _replay_all(jax_sides[j], jax_caps[j], reference) for j in jax_caps}
+        result.rows = _rows(case, result.mode, reference, torch_out, jax_out, torch_cap, jax_caps, judges)
+        result.only_torch = [k for k in torch_cap.calls if k not in reference.calls]
+    return results
+
+
+def step_of(key: str) -> int | None:
+    if not key.startswith(STEP_PREFIX):
+        return None
+    return int(key[len(STEP_PREFIX) :].partition("/")[0])
