@@ -1,0 +1,351 @@
+"""Load a VideoVAE / VideoDiT from a file, a directory or the Hugging Face hub, strictly.
+
+Sources: a `.safetensors` file; a published-format `.pt` (plain `torch.save` of a state dict); a directory
+holding `model.safetensors`, or shards plus `model.safetensors.index.json`, or the hub's file name
+(`vae_pytorch.pt` / `dit_pytorch.pt`), with an optional `config.json`; or a hub repo id, fetched with
+`huggingface_hub.hf_hub_download` (honours HF_HUB_OFFLINE and the local cache).
+
+Configuration: the `config` argument, else a `config.json` beside the weights (when its model_type
+fits), else inferred from tensor shapes. A state dict holds no RoPE buffers, so `max_temporal_len`
+cannot be read from it and the published value (64) is used; frames are assumed square.
+
+The model is built on the meta device, every tensor is checked against it (a missing, unexpected or
+mis-shaped one raises `WeightsError` naming each offender and both shapes), then the file's tensors are
+assigned in place (no second copy), the RoPE caches are computed, and the precision policy is applied.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from common.config import DiTConfig, VAEConfig, load_config
+from common.precision import Precision
+from torch_impl.dit import VideoDiT
+from torch_impl.layers import ROPE
+from torch_impl.precision import apply_precision
+from torch_impl.vae import VideoVAE
+
+DEFAULT_REPO = "floatingtrees2/dynamic-frame-compression"
+HUB_FILENAMES = {"vae": "vae_pytorch.pt", "dit": "dit_pytorch.pt"}
+SAFETENSORS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+CONFIG_NAME = "config.json"
+
+_CONFIG_CLASSES: dict[str, type] = {"vae": VAEConfig, "dit": DiTConfig}
+_MODEL_CLASSES: dict[str, type[nn.Module]] = {"vae": VideoVAE, "dit": VideoDiT}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# A missing "dir/file.pt" is a typo'd path, not a repo id: say so instead of asking the hub.
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".json")
+
+
+class WeightsError(ValueError):
+    """Weights that do not fit the model: every missing, unexpected and mis-shaped key is named."""
+
+    def __init__(
+        self,
+        message: str,
+        missing: Sequence[str] = (),
+        unexpected: Sequence[str] = (),
+        mismatched: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message)
+        self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    """The weights could not be found locally or fetched; the message says how to provide them."""
+
+
+# --- shapes -----------------------------------------------------------------------------------------
+
+
+def build_model(config: VAEConfig | DiTConfig, device: torch.device | str | None = None) -> nn.Module:
+    """An initialised model of `config`'s type; on `"meta"` it allocates nothing."""
+    with torch.device(device or "cpu"):
+        return _MODEL_CLASSES[config.model_type](config)
+
+
+def expected_state_shapes(config: Any) -> dict[str, tuple[int, ...]]:
+    """`{state-dict key: shape}` of the model for `config` (a config, preset name, path or dict).
+
+    Built on the meta device: nothing is allocated, even at the published size.
+    """
+    return _state_shapes(build_model(load_config(config), "meta"))
+
+
+def _state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(t.shape) for key, t in model.state_dict().items()}
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
+
+
+def check_state_shapes(
+    state: Mapping[str, Any], expected: Mapping[str, Sequence[int]], what: str = "weights"
+) -> None:
+    """Raise `WeightsError` unless `state` (tensors, arrays or shapes) has `expected`'s keys and shapes."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(state) & set(expected) if _shape(state[k]) != tuple(expected[k]))
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [
+        f"{what} do not fit the model: {len(missing)} missing, {len(unexpected)} unexpected, "
+        f"{len(mismatched)} mis-shaped tensor(s)"
+    ]
+    lines += [f"  missing:    {k} (model expects {tuple(expected[k])})" for k in missing]
+    lines += [f"  unexpected: {k} (file has {_shape(state[k])})" for k in unexpected]
+    lines += [
+        f"  mis-shaped: {k}: file has {_shape(state[k])}, model expects {tuple(expected[k])}"
+        for k in mismatched
+    ]
+    raise WeightsError("\n".join(lines), missing, unexpected, mismatched)
+
+
+# --- configuration from shapes -----------------------------------------------------------------------
+
+
+class _Shapes:
+    """Shape lookups that fail with a WeightsError naming the key the inference needed."""
+
+    def __init__(self, state: Mapping[str, Any], model_type: str) -> None:
+        self.state, self.model_type = state, model_type
+
+    def __call__(self, key: str, axis: int) -> int:
+        if key not in self.state:
+            raise WeightsError(
+                f"cannot infer the {self.model_type.upper()} configuration: {key} is missing "
+                f"(is this a {self.model_type.upper()} weight file?); pass config= explicitly",
+                missing=[key],
+            )
+        return _shape(self.state[key])[axis]
+
+    def count(self, prefix: str) -> int:
+        """Entries of the ModuleList at `prefix`: 1 + the largest index seen."""
+        pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+        found = [int(m.group(1)) for key in self.state if (m := pattern.match(key))]
+        return max(found) + 1 if found else 0
+
+
+def _attention_widths(shape: _Shapes, block: str) -> dict[str, int]:
+    qkv = shape(f"{block}.SpatialAttention.qkv_projection.weight", 0) // 3
+    head_dim = shape(f"{block}.SpatialAttention.q_norm.weight", 0)
+    return {
+        "qkv_features": qkv,
+        "num_heads": qkv // head_dim,
+        "mlp_dim": shape(f"{block}.SpatialMLP.linear1.weight", 0),
+    }
+
+
+def _make(cls: type, fields: dict[str, int]) -> Any:
+    try:
+        return cls(**fields)
+    except ValueError as err:
+        raise WeightsError(f"the tensor shapes give an invalid configuration: {err}; pass config=") from err
+
+
+def infer_vae_config(state: Mapping[str, Any]) -> VAEConfig:
+    """The VAEConfig whose model has these shapes; `max_temporal_len` is the published default."""
+    shape = _Shapes(state, "vae")
+    patch_dim = shape("encoder.patch_embedding.linear.weight", 0)
+    latent_dim = shape("encoder.spatial_compression.weight", 0)
+    channels = shape("decoder.patch_unembedding.downsample.weight", 0)
+    patch_size = math.isqrt(patch_dim // channels)
+    patches = shape("encoder.selection_layer2.weight", 1)
+    grid = math.isqrt(patches)
+    if patch_size * patch_size * channels != patch_dim or grid * grid != patches:
+        raise WeightsError(
+            f"cannot infer height/width/patch_size from patch dim {patch_dim}, {channels} channels and "
+            f"{patches} patches per frame (non-square?); pass config="
+        )
+    return _make(
+        VAEConfig,
+        {
+            "height": grid * patch_size,
+            "width": grid * patch_size,
+            "channels": channels,
+            "patch_size": patch_size,
+            "encoder_depth": shape.count("encoder.layers"),
+            "decoder_depth": shape.count("decoder.layers"),
+            **_attention_widths(shape, "encoder.layers.0"),
+            "spatial_compression_rate": patch_dim // latent_dim,
+            "unembedding_upsample_rate": shape("decoder.patch_unembedding.downsample.weight", 1) // channels,
+            "unet_base_features": shape("decoder.unet.encoders.0.conv1.conv.weight", 0),
+            "unet_num_levels": shape.count("decoder.unet.encoders"),
+            "unet_temporal_kernel": shape("decoder.unet.patch_mixer.weight", 2),
+        },
+    )
+
+
+def infer_dit_config(state: Mapping[str, Any]) -> DiTConfig:
+    """The DiTConfig whose model has these shapes; `max_temporal_len` is the published default."""
+    shape = _Shapes(state, "dit")
+    return _make(
+        DiTConfig,
+        {
+            "hw": shape("spacing_pred2.weight", 1),
+            "residual_dim": shape("up_proj.weight", 0),
+            "compressed_channel_dim": shape("up_proj.weight", 1),
+            "depth": shape.count("layers"),
+            **_attention_widths(shape, "layers.0"),
+        },
+    )
+
+
+_INFER = {"vae": infer_vae_config, "dit": infer_dit_config}
+
+
+# --- finding and reading the files -------------------------------------------------------------------
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_cache_dir() -> str | None:
+    """Read at call time (huggingface_hub reads its constants once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
+
+
+def _hub_download(repo_id: str, model_type: str) -> Path:
+    from huggingface_hub import constants, hf_hub_download
+
+    filename = HUB_FILENAMES[model_type]
+    cache_dir = _hub_cache_dir()
+    offline = _env_flag("HF_HUB_OFFLINE")
+    try:
+        return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir, local_files_only=offline))
+    except Exception as err:  # any hub, network or cache failure gets the same advice
+        cache = cache_dir or constants.HF_HUB_CACHE
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(err).__name__}"
+        raise WeightsNotFoundError(
+            f"could not get {filename} from the Hugging Face repo {repo_id} ({why}: {err}).\n"
+            f"Provide the weights in one of two ways:\n"
+            f"  1. pass a local path: load_{model_type}('/path/to/{filename}') - a published-format .pt, a "
+            f".safetensors file, or a directory with {SAFETENSORS_NAME} (or shards and {INDEX_NAME}) "
+            f"and {CONFIG_NAME};\n"
+            f"  2. pre-populate the Hugging Face cache: on a machine with internet run "
+            f"`hf download {repo_id} {filename}` (older clients: `huggingface-cli download ...`), copy its "
+            f"cache folder to {cache} here (or point HF_HUB_CACHE / HF_HOME at the copy), and load with "
+            f"HF_HUB_OFFLINE=1."
+        ) from err
+
+
+def _locate(source: str | os.PathLike, model_type: str) -> tuple[list[Path], Path | None]:
+    """`source` -> (weight files, config.json or None). Shards come back in index order."""
+    path = Path(source)
+    if path.is_file():
+        beside = path.parent / CONFIG_NAME
+        return [path], beside if beside.is_file() else None
+    if path.is_dir():
+        config = path / CONFIG_NAME if (path / CONFIG_NAME).is_file() else None
+        if (path / INDEX_NAME).is_file():
+            weight_map = json.loads((path / INDEX_NAME).read_text())["weight_map"]
+            shards = [path / name for name in dict.fromkeys(weight_map.values())]
+            absent = [shard.name for shard in shards if not shard.is_file()]
+            if absent:
+                raise WeightsNotFoundError(f"{path}: shards named in {INDEX_NAME} are missing: {absent}")
+            return shards, config
+        for name in (SAFETENSORS_NAME, HUB_FILENAMES[model_type]):
+            if (path / name).is_file():
+                return [path / name], config
+        raise WeightsNotFoundError(
+            f"{path}: no {SAFETENSORS_NAME}, {INDEX_NAME} or {HUB_FILENAMES[model_type]} in this directory"
+        )
+    if isinstance(source, str) and _REPO_ID.match(source) and not source.endswith(_WEIGHT_SUFFIXES):
+        return [_hub_download(source, model_type)], None
+    raise WeightsNotFoundError(
+        f"{source}: no such file or directory, and not a Hugging Face repo id (owner/name)"
+    )
+
+
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # files from the pre-zip torch.save format cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, or one that pickles more than tensors
+        raise WeightsError(f"{path}: not a readable PyTorch state dict: {err}") from err
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(
+            f"{path}: expected a plain state dict (names -> tensors), got {type(state).__name__}"
+        )
+    return dict(state)
+
+
+def read_state_dict(files: Sequence[Path]) -> dict[str, torch.Tensor]:
+    """Merge the tensors of one or more weight files; a key in two shards is an error."""
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        part = _read_file(Path(path))
+        twice = sorted(set(part) & set(state))
+        if twice:
+            raise WeightsError(f"{path}: tensors already read from another shard: {', '.join(twice)}")
+        state.update(part)
+    return state
+
+
+def _config_beside(path: Path | None, model_type: str) -> Any:
+    """The config.json beside the weights, unless it describes the other model."""
+    if path is None:
+        return None
+    data = json.loads(path.read_text())
+    if data.get("model_type", model_type) != model_type:
+        return None
+    return load_config(data, _CONFIG_CLASSES[model_type])
+
+
+def _load(model_type: str, source: Any, config: Any, device: Any, precision: Precision | str) -> nn.Module:
+    precision = Precision.parse(precision)
+    files, config_file = _locate(source, model_type)
+    state = read_state_dict(files)
+    if config is not None:
+        cfg = load_config(config, _CONFIG_CLASSES[model_type])
+    else:
+        cfg = _config_beside(config_file, model_type) or _INFER[model_type](state)
+    model = build_model(cfg, "meta")
+    check_state_shapes(state, _state_shapes(model), what=f"weights from {source}")
+    model.load_state_dict(state, strict=True, assign=True)
+    for module in model.modules():
+        if isinstance(module, ROPE):
+            module.reset_caches()
+    return apply_precision(model, precision).to(device).eval()
+
+
+def load_vae(
+    source: str | os.PathLike = DEFAULT_REPO,
+    config: Any = None,
+    device: torch.device | str = "cpu",
+    precision: Precision | str = "fp32",
+) -> VideoVAE:
+    """A VideoVAE in eval mode from `source` (file, directory or hub repo id); see the module docstring."""
+    return _load("vae", source, config, device, precision)
+
+
+def load_dit(
+    source: str | os.PathLike = DEFAULT_REPO,
+    config: Any = None,
+    device: torch.device | str = "cpu",
+    precision: Precision | str = "fp32",
+) -> VideoDiT:
+    """A VideoDiT in eval mode from `source` (file, directory or hub repo id); see the module docstring."""
+    return _load("dit", source, config, device, precision)
