@@ -69,6 +69,28 @@ class Kind(enum.Enum):
             return tuple(flax_shape[i] for i in _CONVT_TO_TORCH)
         return tuple(flax_shape)
 
+    @property
+    def torch_axes(self) -> tuple[tuple[int, ...] | None, tuple[int, ...]]:
+        """`to_torch` as data, for readers that lay out while reading: (the axis permutation, or None
+        for none; the axes reversed after permuting)."""
+        if self is Kind.LINEAR:
+            return (1, 0), ()
+        if self is Kind.CONV:
+            return _CONV_TO_TORCH, ()
+        if self is Kind.CONV_TRANSPOSE:
+            return _CONVT_TO_TORCH, _SPATIOTEMPORAL
+        return None, ()
+
+    def flax_shape(self, torch_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The inverse of `torch_shape`."""
+        if self is Kind.LINEAR:
+            return tuple(torch_shape[::-1])
+        if self is Kind.CONV:
+            return tuple(torch_shape[i] for i in _CONV_TO_FLAX)
+        if self is Kind.CONV_TRANSPOSE:
+            return tuple(torch_shape[i] for i in _CONVT_TO_FLAX)
+        return tuple(torch_shape)
+
     def to_torch(self, array: np.ndarray) -> np.ndarray:
         """Flax layout -> PyTorch layout (a view where possible; copy with np.ascontiguousarray)."""
         if self is Kind.LINEAR:

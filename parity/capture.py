@@ -40,10 +40,6 @@ class Recorded:
     shape: tuple[int, ...]
     value: np.ndarray | None = None
 
-    @property
-    def is_float(self) -> bool:
-        return "float" in self.dtype
-
 
 @dataclass
 class Call:

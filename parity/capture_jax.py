@@ -1,9 +1,11 @@
 """Capture every Flax NNX submodule call in eager mode, and replay single modules on given inputs.
 
 NNX modules are plain Python objects called through their class's `__call__`, so for the duration of a
-capture each module class gets a wrapper that records `(inputs, output)` of the instances it knows by
-path; everything else passes straight through. Values are concrete because nothing is jitted: captured
-runs are eager by design (jit would hand us tracers and may fuse away bf16 roundings).
+capture each module class gets a wrapper that records `(inputs, output)` of the instances tagged with a
+path; everything else passes straight through. The tag is a static attribute, so it survives the
+split/merge of `nnx.jit` (a jitted sampler step runs on copies of the modules). Captures run under
+`jax.disable_jit()`: values are concrete, and every op rounds as eager execution does (XLA may fuse
+away bf16 roundings under jit), so reports can state one execution mode for the whole run.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import numpy as np
 from flax import nnx
 
 from parity.capture import Call, Capture, Recorded, Recorder, as_numpy, qualified, replay_inputs
-from parity.structure import map_leaves
 
 _ABSENT = object()
 
@@ -44,11 +45,22 @@ class JaxFramework:
 
 
 class JaxRecorder(Recorder):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # one layer's output is the next one's input, the very same immutable array: store it once
+        self._seen: dict[int, tuple[Any, Recorded]] = {}
+
     def record_array(self, path: str, leaf: Any, keep_value: bool) -> Recorded | Any:
-        if isinstance(leaf, jax.Array | np.ndarray):
-            value = as_numpy(jax.device_get(leaf)) if keep_value else None
-            return Recorded(str(leaf.dtype), tuple(leaf.shape), value)
-        return leaf
+        if not isinstance(leaf, jax.Array | np.ndarray):
+            return leaf
+        if not keep_value:
+            return Recorded(str(leaf.dtype), tuple(leaf.shape))
+        if isinstance(leaf, jax.Array) and id(leaf) in self._seen:
+            return self._seen[id(leaf)][1]
+        recorded = Recorded(str(leaf.dtype), tuple(leaf.shape), as_numpy(jax.device_get(leaf)))
+        if isinstance(leaf, jax.Array):
+            self._seen[id(leaf)] = (leaf, recorded)  # holding `leaf` keeps its id from being reused
+        return recorded
 
 
 def module_paths(models: Mapping[str, nnx.Module]) -> dict[str, nnx.Module]:
@@ -62,18 +74,25 @@ def module_paths(models: Mapping[str, nnx.Module]) -> dict[str, nnx.Module]:
     return found
 
 
+_TAG = "_parity_path"
+
+
+def _calls(cls: type) -> bool:
+    """Whether instances of `cls` are callable modules (containers like `nnx.List` are not)."""
+    return any("__call__" in base.__dict__ for base in cls.__mro__ if base is not object)
+
+
 @contextmanager
 def recording(modules: Mapping[str, nnx.Module], recorder: Recorder) -> Iterator[Recorder]:
-    """Within the block, every call of a module in `modules` is reported to `recorder`."""
-    path_of = {id(module): path for path, module in modules.items()}
+    """Within the block (run eagerly), every call of a module in `modules` is reported to `recorder`."""
     active: set[int] = set()
-    classes = {type(m) for m in modules.values() if callable(getattr(type(m), "__call__", None))}
+    classes = {type(m) for m in modules.values() if _calls(type(m))}
     # resolve every class's __call__ before patching any, so a subclass never wraps a wrapper
     saved = {cls: (cls.__dict__.get("__call__", _ABSENT), cls.__call__) for cls in classes}
 
     def wrap(resolved):
         def __call__(self, *args, **kwargs):
-            path = path_of.get(id(self))
+            path = getattr(self, _TAG, None)
             if path is None or id(self) in active:
                 return resolved(self, *args, **kwargs)
             active.add(id(self))
@@ -87,16 +106,22 @@ def recording(modules: Mapping[str, nnx.Module], recorder: Recorder) -> Iterator
 
         return __call__
 
+    for path, module in modules.items():
+        setattr(module, _TAG, path)
     for cls, (_, resolved) in saved.items():
         cls.__call__ = wrap(resolved)
     try:
-        yield recorder
+        with jax.disable_jit():
+            yield recorder
     finally:
         for cls, (own, _) in saved.items():
             if own is _ABSENT:
                 delattr(cls, "__call__")
             else:
                 cls.__call__ = own
+        for module in modules.values():
+            if hasattr(module, _TAG):
+                delattr(module, _TAG)
 
 
 class JaxSide:
@@ -121,15 +146,11 @@ class JaxSide:
     def replay(self, own: Call, reference: Call) -> dict[str, Recorded]:
         """Run the module of `own` alone on the reference's inputs (cast to this side's dtypes)."""
         args, kwargs = replay_inputs(own, reference, _to_jax)
-        output = self.modules[own.path](*args, **kwargs)
+        with jax.disable_jit():
+            output = self.modules[own.path](*args, **kwargs)
         recorder = JaxRecorder()
         return recorder.flatten(own.path, output)
 
 
 def _to_jax(reference: Recorded, own: Recorded) -> jax.Array:
     return jnp.asarray(reference.value, dtype=jnp.dtype(own.dtype))
-
-
-def jax_tree(value: Any) -> Any:
-    """Numpy leaves -> jax arrays, structure kept (for callers that build inputs by hand)."""
-    return map_leaves(value, lambda x: jnp.asarray(x) if isinstance(x, np.ndarray) else x)

@@ -32,7 +32,7 @@ class TorchFramework:
         self.device = torch.device(device)
 
     def asarray(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+        return torch.from_numpy(np.array(array, copy=True)).to(self.device)
 
     def numpy(self, value: Any) -> np.ndarray:
         return _host(value) if isinstance(value, torch.Tensor) else np.asarray(value)
@@ -115,7 +115,11 @@ class TorchSide:
     framework = "torch"
 
     def __init__(
-        self, name: str, models: Mapping[str, nn.Module], device: str = "cpu", channels_first: Sequence[str] = ()
+        self,
+        name: str,
+        models: Mapping[str, nn.Module],
+        device: str = "cpu",
+        channels_first: Sequence[str] = (),
     ):
         self.name = name
         self.models = {k: m.eval() for k, m in models.items()}

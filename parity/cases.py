@@ -26,6 +26,14 @@ Inputs = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
+class Shape:
+    """How many clips and frames a case feeds (published sizes on a CPU want `Shape(1, 3)`)."""
+
+    batch: int = BATCH
+    frames: int = FRAMES
+
+
+@dataclass(frozen=True)
 class Case:
     name: str
     models: tuple[str, ...]  # subject names, e.g. ("dit", "vae") for the generation pipeline
@@ -37,53 +45,71 @@ class Case:
 
 
 def padded_mask(batch: int, frames: int) -> np.ndarray:
-    """All frames valid except the last frame of the last clip: a padded clip next to a full one."""
+    """All frames valid except the last frame of the last clip: a padded clip next to full ones."""
     mask = np.ones((batch, frames), bool)
     mask[-1, -1] = False
     return mask
 
 
-def video_inputs(subjects, rng) -> Inputs:
-    cfg = subjects["vae"].config
-    shape = (BATCH, FRAMES, cfg.height, cfg.width, cfg.channels)
-    return {
-        "video": rng.uniform(0, 1, shape).astype(np.float32),
-        "mask": padded_mask(BATCH, FRAMES),
-        "noise": rng.uniform(0, 1, (BATCH, FRAMES)).astype(np.float32),
-    }
+def video_inputs(shape: Shape):
+    def make(subjects, rng) -> Inputs:
+        cfg = subjects["vae"].config
+        size = (shape.batch, shape.frames, cfg.height, cfg.width, cfg.channels)
+        return {
+            "video": rng.uniform(0, 1, size).astype(np.float32),
+            "mask": padded_mask(shape.batch, shape.frames),
+            "noise": rng.uniform(0, 1, (shape.batch, shape.frames)).astype(np.float32),
+        }
+
+    return make
 
 
-def latent_inputs(subjects, rng) -> Inputs:
-    cfg = subjects["vae"].config
-    shape = (BATCH, FRAMES, cfg.num_patches, cfg.latent_dim)
-    return {"latent": rng.standard_normal(shape, dtype=np.float32), "mask": padded_mask(BATCH, FRAMES)}
+def latent_inputs(shape: Shape):
+    def make(subjects, rng) -> Inputs:
+        cfg = subjects["vae"].config
+        size = (shape.batch, shape.frames, cfg.num_patches, cfg.latent_dim)
+        return {
+            "latent": rng.standard_normal(size, dtype=np.float32),
+            "mask": padded_mask(shape.batch, shape.frames),
+        }
+
+    return make
 
 
-def dit_inputs(subjects, rng) -> Inputs:
-    cfg = subjects["dit"].config
-    shape = (BATCH, FRAMES, cfg.hw, cfg.compressed_channel_dim)
-    return {
-        "latent": rng.standard_normal(shape, dtype=np.float32),
-        "noise": rng.standard_normal(shape, dtype=np.float32),
-        "mask": padded_mask(BATCH, FRAMES),
-        "time": np.array([[0.25], [0.75]], np.float32)[:BATCH],
-    }
+def dit_inputs(shape: Shape):
+    def make(subjects, rng) -> Inputs:
+        cfg = subjects["dit"].config
+        size = (shape.batch, shape.frames, cfg.hw, cfg.compressed_channel_dim)
+        return {
+            "latent": rng.standard_normal(size, dtype=np.float32),
+            "noise": rng.standard_normal(size, dtype=np.float32),
+            "mask": padded_mask(shape.batch, shape.frames),
+            "time": np.linspace(0.25, 0.75, shape.batch, dtype=np.float32)[:, None],
+        }
+
+    return make
 
 
-def generation_inputs(subjects, rng) -> Inputs:
-    cfg = subjects["dit"].config
-    shape = (1, FRAMES, cfg.hw, cfg.compressed_channel_dim)
-    return {"noise": rng.standard_normal(shape, dtype=np.float32), "mask": np.ones((1, FRAMES), bool)}
+def generation_inputs(shape: Shape):
+    def make(subjects, rng) -> Inputs:
+        cfg = subjects["dit"].config
+        size = (1, shape.frames, cfg.hw, cfg.compressed_channel_dim)
+        return {
+            "noise": rng.standard_normal(size, dtype=np.float32),
+            "mask": np.ones((1, shape.frames), bool),
+        }
+
+    return make
 
 
-def block_inputs(name: str):
+def block_inputs(name: str, shape: Shape):
     def make(subjects, rng) -> Inputs:
         from parity.subjects import block_width
 
         cfg = subjects[name].config
         patches = min(64, cfg.num_patches if hasattr(cfg, "num_patches") else cfg.hw)
-        x = rng.standard_normal((1, FRAMES, patches, block_width(cfg)), dtype=np.float32)
-        return {"x": x, "mask": padded_mask(1, FRAMES)[:, None, None, :]}
+        x = rng.standard_normal((1, shape.frames, patches, block_width(cfg)), dtype=np.float32)
+        return {"x": x, "mask": padded_mask(1, shape.frames)[:, None, None, :]}
 
     return make
 
@@ -100,7 +126,9 @@ def _round_trip(mode: str):
     def run(fw, models, x):
         vae = models["vae"]
         noise = x["noise"] if mode == "bernoulli" else None
-        compressed = vae.compress(x["video"], x["mask"], mode=mode, k=TOPK if mode == "topk" else None, noise=noise)
+        compressed = vae.compress(
+            x["video"], x["mask"], mode=mode, k=TOPK if mode == "topk" else None, noise=noise
+        )
         return {"compressed": compressed, "video": vae.decompress(compressed)}
 
     return run
@@ -142,34 +170,75 @@ _DISCRETE_COMPRESSED = ("[compressed].gaps", "[compressed].kept_valid", "[compre
 _DISCRETE_SAMPLED = ("[positions]", "[frames]")
 
 
-def vae_cases() -> list[Case]:
+def vae_cases(shape: Shape = Shape()) -> list[Case]:
     cases = [
-        Case("vae.encode", ("vae",), video_inputs, _encode,
-             covers="PatchEmbedding, Encoder, attention with a padded frame"),
-        Case("vae.decode", ("vae",), latent_inputs, _decode,
-             covers="Decoder, PatchUnEmbedding, UNet (Conv3d, GroupNorm, ConvTranspose3d) on a padded clip"),
+        Case(
+            "vae.encode",
+            ("vae",),
+            video_inputs(shape),
+            _encode,
+            covers="PatchEmbedding, Encoder, attention with a padded frame",
+        ),
+        Case(
+            "vae.decode",
+            ("vae",),
+            latent_inputs(shape),
+            _decode,
+            covers="Decoder, PatchUnEmbedding, UNet (Conv3d, GroupNorm, ConvTranspose3d) on a padded clip",
+        ),
     ]
     for mode in ("threshold", "bernoulli", "topk"):
-        cases.append(Case(f"vae.compress.{mode}", ("vae",), video_inputs, _round_trip(mode),
-                          covers=f"compress + decompress, {mode} selection", discrete=_DISCRETE_COMPRESSED))
+        cases.append(
+            Case(
+                f"vae.compress.{mode}",
+                ("vae",),
+                video_inputs(shape),
+                _round_trip(mode),
+                covers=f"compress + decompress, {mode} selection",
+                discrete=_DISCRETE_COMPRESSED,
+            )
+        )
     return cases
 
 
-def dit_cases(steps: int = SAMPLER_STEPS) -> list[Case]:
+def dit_cases(steps: int = SAMPLER_STEPS, shape: Shape = Shape()) -> list[Case]:
     return [
-        Case("dit.forward", ("dit",), dit_inputs, lambda fw, m, x: m["dit"](x["latent"], x["mask"], x["time"]),
-             covers="DiT forward with a padded frame"),
-        Case("dit.sample", ("dit",), dit_inputs, _sample(steps), step_path="",
-             covers=f"Euler sampling, {steps} steps: trajectory, final latents, gaps, positions, length",
-             discrete=_DISCRETE_SAMPLED),
+        Case(
+            "dit.forward",
+            ("dit",),
+            dit_inputs(shape),
+            lambda fw, m, x: m["dit"](x["latent"], x["mask"], x["time"]),
+            covers="DiT forward with a padded frame",
+        ),
+        Case(
+            "dit.sample",
+            ("dit",),
+            dit_inputs(shape),
+            _sample(steps),
+            step_path="",
+            covers=f"Euler sampling, {steps} steps: trajectory, final latents, gaps, positions, length",
+            discrete=_DISCRETE_SAMPLED,
+        ),
     ]
 
 
-def generation_case(steps: int = SAMPLER_STEPS) -> Case:
-    return Case("generate", ("dit", "vae"), generation_inputs, _generate(steps), step_path="dit/",
-                covers="DiT sampling -> positions -> VAE decode", discrete=_DISCRETE_SAMPLED)
+def generation_case(steps: int = SAMPLER_STEPS, shape: Shape = Shape()) -> Case:
+    return Case(
+        "generate",
+        ("dit", "vae"),
+        generation_inputs(shape),
+        _generate(steps),
+        step_path="dit/",
+        covers="DiT sampling -> positions -> VAE decode",
+        discrete=_DISCRETE_SAMPLED,
+    )
 
 
-def block_case(name: str) -> Case:
-    return Case(f"{name}.factored_attention", (name,), block_inputs(name), _block,
-                covers="one FactoredAttention block, temporal attention with a padded frame")
+def block_case(name: str, shape: Shape = Shape()) -> Case:
+    return Case(
+        f"{name}.factored_attention",
+        (name,),
+        block_inputs(name, shape),
+        _block,
+        covers="one FactoredAttention block, temporal attention with a padded frame",
+    )

@@ -29,15 +29,17 @@ class Row:
     torch: Metrics | None = None
     jax: dict[str, Metrics] = field(default_factory=dict)  # judge -> JAX bf16 against the reference
     torch_vs_jax: dict[str, float] = field(default_factory=dict)  # judge -> max|torch - jax| / rms(ref)
+    identical: dict[str, float] = field(default_factory=dict)  # judge -> share of elements torch == jax
     allowance: dict[str, float] = field(default_factory=dict)
     passed: dict[str, bool] = field(default_factory=dict)
     mismatches: dict[str, int] = field(default_factory=dict)  # discrete outputs: differing elements
     note: str = ""
 
     def as_dict(self) -> dict:
-        out = asdict(self)
+        """Everything about torch; of each JAX run only what the verdict used (reports stay small)."""
+        out = {k: v for k, v in asdict(self).items() if v not in (None, "", {}, [])}
         out["torch"] = None if self.torch is None else self.torch.as_dict()
-        out["jax"] = {k: v.as_dict() for k, v in self.jax.items()}
+        out["jax"] = {k: {"err": v.err, "rel_max": v.rel_max} for k, v in self.jax.items()}
         return out
 
 
@@ -79,9 +81,9 @@ def judge_row(
             row.note = "; ".join(p for p in (problem, jax_problem) if p)
             continue
         rms = row.torch.rms_ref
-        row.torch_vs_jax[judge] = float(np.max(np.abs(
-            np.asarray(torch.value, np.float64) - np.asarray(jax_out.value, np.float64)
-        ), initial=0.0)) / max(rms, 1e-30)
+        difference = np.abs(np.asarray(torch.value, np.float64) - np.asarray(jax_out.value, np.float64))
+        row.torch_vs_jax[judge] = float(np.max(difference, initial=0.0)) / max(rms, 1e-30)
+        row.identical[judge] = float(np.mean(difference == 0)) if difference.size else 1.0
         if row.discrete:
             row.mismatches["torch"] = _mismatches(torch, ref)
             row.mismatches[judge] = _mismatches(jax_out, ref)

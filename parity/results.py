@@ -51,14 +51,21 @@ class CaseResult:
 def pairing_summary(results: list[CaseResult]) -> dict[str, dict[str, Any]]:
     """Per judge: how many layer outputs pass, and how close torch is to that JAX run.
 
-    `median_distance` is the median over layers of `max|torch - jax| / rms(ref)`: the pairing with the
-    smallest one is the JAX numerics the torch policy reproduces most closely.
+    Closeness is measured on isolated rows where there are any (carried ones mix in every earlier layer):
+    `identical` is the mean share of elements where torch and that JAX run agree bit for bit,
+    `median_distance` the median over layers of `max|torch - jax| / rms(ref)`. The pairing with the most
+    identical elements is the JAX numerics the torch policy reproduces most closely.
     """
     judges = sorted({j for r in results for j in r.judges})
     out = {}
     for judge in judges:
         rows = [row for r in results for row in r.rows if judge in row.passed]
-        distances = [row.torch_vs_jax[judge] for row in rows if judge in row.torch_vs_jax and not row.discrete]
+        isolated = [row for r in results if r.mode == "isolated" for row in r.rows if judge in row.passed]
+        closeness = isolated or rows
+        distances = [
+            row.torch_vs_jax[judge] for row in closeness if judge in row.torch_vs_jax and not row.discrete
+        ]
+        identical = [row.identical[judge] for row in closeness if judge in row.identical and not row.discrete]
         ratios = [
             row.torch.err / row.jax[judge].err
             for row in rows
@@ -70,6 +77,7 @@ def pairing_summary(results: list[CaseResult]) -> dict[str, dict[str, Any]]:
             "cases_passed": sum(r.passed(judge) for r in results if judge in r.judges),
             "cases": sum(judge in r.judges for r in results),
             "median_distance": float(np.median(distances)) if distances else None,
+            "identical": float(np.mean(identical)) if identical else None,
             "max_err_ratio": float(np.max(ratios)) if ratios else None,
             "median_err_ratio": float(np.median(ratios)) if ratios else None,
         }
@@ -77,8 +85,37 @@ def pairing_summary(results: list[CaseResult]) -> dict[str, dict[str, Any]]:
 
 
 def best_pairing(summary: dict[str, dict[str, Any]]) -> str | None:
-    """The judge torch matches best: most layers passing, then the smallest median distance."""
+    """The judge torch matches best: most layers passing, then most identical elements."""
     candidates = [j for j in summary if j != FP32_JUDGE]
     if not candidates:
         return None
-    return min(candidates, key=lambda j: (-summary[j]["passed"], summary[j]["median_distance"] or 0.0))
+    return min(candidates, key=lambda j: (-summary[j]["passed"], -(summary[j]["identical"] or 0.0)))
+
+
+@dataclass
+class RunResult:
+    """Everything a report says: settings, environment, the tolerance model, every case and mode."""
+
+    title: str
+    settings: dict[str, Any]
+    environment: dict[str, Any]
+    tolerance: dict[str, Any]
+    verdict_judge: str
+    cases: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(case.passed(self.verdict_judge) for case in self.cases)
+
+    def first_divergent(self) -> tuple[CaseResult, Row | None] | None:
+        """The first failing case, isolated mode first (it names the cause), and its first bad row."""
+        names = list(dict.fromkeys(c.case for c in self.cases))
+        for name in names:
+            modes = sorted((c for c in self.cases if c.case == name), key=lambda c: c.mode != "isolated")
+            for case in modes:
+                if not case.passed(self.verdict_judge):
+                    return case, case.first_divergent(self.verdict_judge)
+        return None
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        return pairing_summary(self.cases)

@@ -8,15 +8,16 @@ layer that causes it, not on every layer after it. Sampler cases are the same pe
 
 from __future__ import annotations
 
+import hashlib
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from common.precision import NormNumerics, Precision
-from parity.capture import STEP_PREFIX, Capture, Recorded, call_key, display_path
+from parity.capture import Capture, Recorded, call_key, display_path
 from parity.cases import Case
 from parity.environment import PINNED, Pins
 from parity.judge import FP32_JUDGE, Row, judge_row
@@ -63,6 +64,33 @@ class Lineup:
     reference: dict[str, Any] = field(default_factory=dict)
     jax: dict[str, dict[str, Any]] = field(default_factory=dict)  # judge -> {subject: model}
     torch: dict[str, Any] = field(default_factory=dict)
+    # captures and replays of the JAX sides, which never change: a lineup with another torch model (a
+    # planted mistake) reuses them
+    cache: dict[tuple, Any] = field(default_factory=dict)
+
+    def with_torch(self, models: Mapping[str, Any]) -> Lineup:
+        """The same lineup (and cache) with other torch models."""
+        return replace(self, torch={**self.torch, **models})
+
+    def for_precision(self, precision: Precision) -> Lineup:
+        """The same JAX runs (and cache) against torch models converted again under another policy."""
+        from parity.transfer import torch_model
+
+        settings = replace(self.settings, precision=precision)
+        if (precision is Precision.FP32) != (self.settings.precision is Precision.FP32):
+            raise ValueError("for_precision switches between bf16 policies; fp32 has no JAX bf16 runs")
+        models = {
+            name: torch_model(
+                s.build_torch, self.weights[name], s.table, s.prefix, precision, settings.device
+            )
+            for name, s in self.subjects.items()
+        }
+        return replace(self, settings=settings, torch=models)
+
+    def cached(self, key: tuple, compute):
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
 
     @classmethod
     def build(
@@ -80,7 +108,11 @@ class Lineup:
 
         lineup = cls(dict(subjects), settings)
         for name, s in subjects.items():
-            flat = dict(weights[name]) if weights and name in weights else reference_weights(s.build_jax, settings.seed)
+            flat = (
+                dict(weights[name])
+                if weights and name in weights
+                else reference_weights(s.build_jax, settings.seed)
+            )
             lineup.weights[name] = flat
             lineup.reference[name] = jax_model(s.build_jax, flat, jnp.float32, NormNumerics.FLAX_0_10)
             if settings.precision is not Precision.FP32:
@@ -161,8 +193,17 @@ def _rows(
         label = call_key(display_path(call.path, call.kind), call.step, call.repeat)
         if call.path == case.step_path and mode == "carried":
             jax_states = {j: _step_state(c.calls.get(key)) for j, c in jax_caps.items()}
-            add(key, label, call.path, call.kind, "<in>", call.step, _step_state(call),
-                _step_state(torch_cap.calls.get(key)), jax_states)
+            add(
+                key,
+                label,
+                call.path,
+                call.kind,
+                "<in>",
+                call.step,
+                _step_state(call),
+                _step_state(torch_cap.calls.get(key)),
+                jax_states,
+            )
         torch_outputs = torch_out.get(key)
         for suffix, ref in call.outputs.items():
             note = ""
@@ -179,7 +220,17 @@ def _rows(
     if mode == "carried":
         for suffix, ref in reference.output.items():
             jax_values = {j: c.output.get(suffix) for j, c in jax_caps.items()}
-            add("(output)", "(output)", "(output)", "case", suffix, None, ref, torch_cap.output.get(suffix), jax_values)
+            add(
+                "(output)",
+                "(output)",
+                "(output)",
+                "case",
+                suffix,
+                None,
+                ref,
+                torch_cap.output.get(suffix),
+                jax_values,
+            )
     return rows
 
 
@@ -190,12 +241,18 @@ def run_case(case: Case, lineup: Lineup, inputs: Mapping[str, np.ndarray] | None
     if inputs is None:
         inputs = case.make_inputs(subjects, np.random.default_rng(settings.seed))
     judges = settings.judges
-    results = [CaseResult(case.name, case.covers, mode, judges, step_path=case.step_path) for mode in settings.modes]
+    results = [
+        CaseResult(case.name, case.covers, mode, judges, step_path=case.step_path) for mode in settings.modes
+    ]
     reference_side, jax_sides, torch_side = lineup.sides(case)
     keep = (lambda path: path == case.step_path) if case.step_path is not None else False
+    tag = (case.name, _digest(inputs))
     try:
-        reference = reference_side.capture(case, inputs)
-        jax_caps = {judge: side.capture(case, inputs, keep) for judge, side in jax_sides.items()}
+        reference = lineup.cached((*tag, "reference"), lambda: reference_side.capture(case, inputs))
+        jax_caps = {
+            judge: lineup.cached((*tag, judge), lambda side=side: side.capture(case, inputs, keep))
+            for judge, side in jax_sides.items()
+        }
         torch_cap = torch_side.capture(case, inputs, keep)
     except Exception as err:
         message = f"{type(err).__name__}: {err}"
@@ -208,13 +265,73 @@ def run_case(case: Case, lineup: Lineup, inputs: Mapping[str, np.ndarray] | None
             jax_out = {j: _carried(c) for j, c in jax_caps.items()}
         else:
             torch_out = _replay_all(torch_side, torch_cap, reference)
-            jax_out = {j: _replay_all(jax_sides[j], jax_caps[j], reference) for j in jax_caps}
+            jax_out = {
+                j: lineup.cached(
+                    (*tag, j, "isolated"), lambda j=j: _replay_all(jax_sides[j], jax_caps[j], reference)
+                )
+                for j in jax_caps
+            }
         result.rows = _rows(case, result.mode, reference, torch_out, jax_out, torch_cap, jax_caps, judges)
         result.only_torch = [k for k in torch_cap.calls if k not in reference.calls]
     return results
 
 
-def step_of(key: str) -> int | None:
-    if not key.startswith(STEP_PREFIX):
-        return None
-    return int(key[len(STEP_PREFIX) :].partition("/")[0])
+def _digest(inputs: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha1()
+    for name in sorted(inputs):
+        array = np.ascontiguousarray(inputs[name])
+        h.update(f"{name}{array.dtype}{array.shape}".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def run(
+    subjects: Mapping[str, Subject],
+    cases: list[Case],
+    settings: Settings,
+    *,
+    title: str = "parity",
+    weights: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    torch_models: Mapping[str, Any] | None = None,
+    describe: Mapping[str, Any] | None = None,
+    progress=None,
+):
+    """Build the lineup and run every case under the pinned environment; a `RunResult` for the report."""
+    from parity import tolerance
+    from parity.environment import pinned
+    from parity.results import RunResult
+
+    with pinned(settings.pins, settings.device) as environment:
+        lineup = Lineup.build(subjects, settings, weights, torch_models)
+        result = RunResult(
+            title=title,
+            settings={
+                "precision": settings.precision.value,
+                "numerics": [n.value for n in settings.numerics]
+                if settings.precision is not Precision.FP32
+                else [],
+                "modes": list(settings.modes),
+                "device": settings.device,
+                "seed": settings.seed,
+                "verdict_judge": settings.verdict_judge,
+                "subjects": {name: _describe_subject(s) for name, s in subjects.items()},
+                **dict(describe or {}),
+            },
+            environment=environment,
+            tolerance=tolerance.describe(),
+            verdict_judge=settings.verdict_judge,
+        )
+        for case in cases:
+            if progress:
+                progress(case.name)
+            result.cases.extend(run_case(case, lineup))
+    return result
+
+
+def _describe_subject(subject: Subject) -> dict[str, Any]:
+    cfg = subject.config
+    return {
+        "config": cfg.to_dict() if hasattr(cfg, "to_dict") else repr(cfg),
+        "table": subject.table.model_type,
+        "prefix": subject.prefix,
+    }

@@ -67,7 +67,14 @@ def dit_subject(cfg: DiTConfig) -> Subject:
 def _block_args(cfg: VAEConfig | DiTConfig) -> tuple[int, ...]:
     """FactoredAttention(in_features, num_heads, qkv_features, mlp_dim, max_temporal_len, max_spatial_len)."""
     if isinstance(cfg, VAEConfig):
-        return (cfg.patch_dim, cfg.num_heads, cfg.qkv_features, cfg.mlp_dim, cfg.max_temporal_len, cfg.num_patches)
+        return (
+            cfg.patch_dim,
+            cfg.num_heads,
+            cfg.qkv_features,
+            cfg.mlp_dim,
+            cfg.max_temporal_len,
+            cfg.num_patches,
+        )
     return (cfg.residual_dim, cfg.num_heads, cfg.qkv_features, cfg.mlp_dim, cfg.max_temporal_len, cfg.hw)
 
 

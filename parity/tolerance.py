@@ -56,7 +56,9 @@ def describe() -> dict[str, float | str]:
     return {
         "fp32_rule": "max|torch - ref| / max|ref| <= fp32_rel_max",
         "fp32_rel_max": FP32_REL_MAX,
-        "bf16_rule": "err(torch) <= bf16_jax_factor * err(jax) + bf16_ulp_factor * ulp_bf16(rms(ref)) / rms(ref)",
+        "bf16_rule": (
+            "err(torch) <= bf16_jax_factor * err(jax) + bf16_ulp_factor * ulp_bf16(rms(ref)) / rms(ref)"
+        ),
         "bf16_error": "err(x) = max|x - ref| / rms(ref), ref = JAX fp32 at matmul precision HIGHEST",
         "bf16_jax_factor": BF16_JAX_FACTOR,
         "bf16_ulp_factor": BF16_ULP_FACTOR,

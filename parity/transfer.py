@@ -31,6 +31,7 @@ def _fill_rope_caches(module) -> None:
     """RoPE caches are a pure function of their shape `(1, max_len, 1, head_dim)`."""
     import jax
     import jax.numpy as jnp
+
     from jax_ref.params import variables
 
     for name, var in variables(module):
@@ -44,6 +45,7 @@ def _fill_rope_caches(module) -> None:
 def reference_weights(build: JaxBuilder, seed: int) -> dict[str, np.ndarray]:
     """Seeded random fp32 leaves of the model `build` makes (every Param random, true RoPE caches)."""
     import jax.numpy as jnp
+
     from jax_ref.params import randomize, state_to_flat
 
     module = abstract_jax_model(build, jnp.float32, NormNumerics.FLAX_0_10)
@@ -75,12 +77,16 @@ def torch_model(
     Built on the meta device and assigned in place; RoPE caches are then recomputed by the model.
     """
     import torch
+
     from torch_impl.precision import apply_precision
 
     state, _dropped = flax_to_torch(table, flat, prefix)
     with torch.device("meta"):
         model = build()
-    model.load_state_dict({k: torch.tensor(v) for k, v in state.items()}, strict=True, assign=True)
+    # arrays the table laid out afresh are handed over without a copy; views of `flat` are copied
+    tensors = {k: torch.from_numpy(v) if v.flags.writeable else torch.tensor(v) for k, v in state.items()}
+    del state
+    model.load_state_dict(tensors, strict=True, assign=True)
     for module in model.modules():
         if hasattr(module, "reset_caches"):
             module.reset_caches()

@@ -143,7 +143,9 @@ def compress_frames(
             counts = packed.kept_valid.sum(dim=1).tolist()
             for row, index in enumerate(members):
                 n = counts[row]
-                clips[index] = ClipLatents(spans[index][0], length, kept[row, :n].copy(), gaps[row, :n].copy())
+                clips[index] = ClipLatents(
+                    spans[index][0], length, kept[row, :n].copy(), gaps[row, :n].copy()
+                )
             bar.update(len(members))
     return clips  # type: ignore[return-value]
 
@@ -166,7 +168,7 @@ def compress_video(
     source_name: str | None = None,
     extra: dict | None = None,
 ) -> CompressedVideo:
-    """A video file (anything ffmpeg reads, or a PNG folder) or uint8 frames `(T, H, W, 3)` -> `CompressedVideo`.
+    """A video file (anything ffmpeg reads, a PNG folder) or uint8 frames `(T, H, W, 3)` -> `CompressedVideo`.
 
     Frames are fitted to the model (`fit`: "crop" = shorter side resized and centre-cropped, "stretch"),
     split into clips of `clip_frames` (the last one keeps its true length) and encoded. `mode` picks the
@@ -359,6 +361,8 @@ def generate(
         for row, seed in enumerate(chunk):
             placed, squeezed = placements[row]
             results.append(
-                GeneratedVideo(int(seed), frames[row], placed, gaps[row].cpu().numpy(), clips[row].num_frames, squeezed)
+                GeneratedVideo(
+                    int(seed), frames[row], placed, gaps[row].cpu().numpy(), clips[row].num_frames, squeezed
+                )
             )
     return results

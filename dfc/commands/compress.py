@@ -1,0 +1,193 @@
+"""`dfc compress INPUT OUTPUT`: any video ffmpeg reads -> a `.dfc` file of only the kept latent frames."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from dfc.errors import UserError
+from dfc.models import add_model_arguments, load_model
+
+MODES = ("threshold", "bernoulli", "topk")
+DEFAULT_CLIP_FRAMES = 32
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="a video file (anything ffmpeg reads) or a folder of image frames")
+    parser.add_argument("output", help="the compressed file to write (.dfc)")
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        help="which frames to keep: threshold (keep probability > 0.5), bernoulli (each frame with its "
+        "probability, draws fixed by --seed) or topk (the K most important per clip; implied by --keep/"
+        "--keep-rate). Default: threshold",
+    )
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--keep", type=int, metavar="K", help="top-K: frames to keep per clip")
+    budget.add_argument(
+        "--keep-rate", type=float, metavar="R", help="top-K: share of each clip's frames, (0, 1]"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Bernoulli draws (default: 0)")
+    parser.add_argument(
+        "--clip-frames",
+        type=int,
+        metavar="N",
+        help="frames per clip; longer videos are split, the last clip keeps its true length "
+        "(default: 32, or the model's limit when smaller)",
+    )
+    parser.add_argument(
+        "--resize",
+        choices=("crop", "stretch"),
+        default="crop",
+        help="crop: resize the shorter side and centre-crop (default); stretch: resize the whole frame",
+    )
+    parser.add_argument(
+        "--latent-dtype",
+        choices=("bf16", "u8", "f32"),
+        default="bf16",
+        help="how latents are stored: bf16 (default), u8 (8-bit per channel, half the bytes) or f32",
+    )
+    parser.add_argument(
+        "--measure",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode the stored latents and report MSE/PSNR against the input (default: on with u8, which "
+        "also reports the bf16 MSE to compare)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=4, metavar="B", help="clips encoded together (default: 4)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _check_arguments(args: argparse.Namespace) -> str:
+    mode = args.mode or ("topk" if args.keep is not None or args.keep_rate is not None else "threshold")
+    if mode == "topk" and args.keep is None and args.keep_rate is None:
+        raise UserError("--mode topk needs --keep K or --keep-rate R")
+    if mode != "topk" and (args.keep is not None or args.keep_rate is not None):
+        raise UserError(f"--keep/--keep-rate set a top-K budget; they cannot be used with --mode {mode}")
+    if args.keep is not None and args.keep < 1:
+        raise UserError(f"--keep must be at least 1, got {args.keep}")
+    if args.keep_rate is not None and not 0 < args.keep_rate <= 1:
+        raise UserError(f"--keep-rate must be in (0, 1], got {args.keep_rate}")
+    if args.batch < 1:
+        raise UserError(f"--batch must be at least 1, got {args.batch}")
+    output = Path(args.output)
+    if output.is_dir():
+        raise UserError(f"{output}: is a folder; give a file name such as {output / 'video.dfc'}")
+    if not output.absolute().parent.is_dir():
+        raise UserError(f"{output}: the folder {output.absolute().parent} does not exist")
+    return mode
+
+
+def run(args: argparse.Namespace) -> int:
+    from dfc.video import read_video, split_clips
+
+    mode = _check_arguments(args)
+    frames, info = read_video(args.input)  # bad input fails here, before the (slow) model load
+    loaded = load_model("vae", args.weights, args.device, args.precision)
+    vae = loaded.model
+    clip_frames = args.clip_frames or min(DEFAULT_CLIP_FRAMES, vae.config.max_temporal_len)
+    split_clips(info.num_frames, clip_frames, vae.config.max_temporal_len)  # a bad --clip-frames fails now
+
+    from dfc.container import quantization_effect, size_report, write_container
+    from torch_impl.codec import compress_video
+
+    cv = compress_video(
+        vae,
+        frames,
+        weights_id=loaded.identity,
+        fps=info.fps,
+        mode=mode,
+        k=args.keep,
+        keep_rate=args.keep_rate,
+        seed=args.seed,
+        clip_frames=clip_frames,
+        fit=args.resize,
+        latent_dtype=args.latent_dtype,
+        batch_size=args.batch,
+        progress=not args.quiet,
+        source_name=Path(args.input).name,
+        extra={"weights_source": _recordable(loaded.source)},
+    )
+    measure = args.measure if args.measure is not None else args.latent_dtype == "u8"
+    quality = _measure(vae, cv, frames, args) if measure else None
+    quantization = quantization_effect(cv, args.latent_dtype) if args.latent_dtype != "f32" else None
+    write_container(args.output, cv)
+    report = size_report(cv, args.input if Path(args.input).is_file() else None)
+    _print_summary(args, info, cv, loaded, report, quantization, quality)
+    return 0
+
+
+def _recordable(source: str) -> str:
+    """Local weights are recorded by absolute path so `decompress` finds them from any folder."""
+    return str(Path(source).absolute()) if Path(source).exists() else source
+
+
+def _measure(vae, cv, frames, args) -> dict[str, float]:
+    """Pixel MSE/PSNR of the decoded file against the input at model size, per stored latent dtype."""
+    from dfc.metrics import mse, psnr
+    from dfc.video import fit_to_model
+    from torch_impl.codec import decode_clips, with_latent_dtype
+
+    reference, _ = fit_to_model(frames, vae.config.height, vae.config.width, args.resize)
+    dtypes = [args.latent_dtype] + (["bf16"] if args.latent_dtype == "u8" else [])
+    out = {}
+    for dtype in dtypes:
+        decoded = decode_clips(
+            vae, with_latent_dtype(cv, dtype), batch_size=args.batch, progress=not args.quiet
+        )
+        out[dtype] = {"mse": mse(reference, decoded.clip(0, 1)), "psnr": psnr(reference, decoded.clip(0, 1))}
+    return out
+
+
+def _print_summary(args, info, cv, loaded, report, quantization, quality) -> None:
+    output_bytes = os.path.getsize(args.output)
+    print(
+        f"input    {args.input}: {info.num_frames} frames, {info.width}x{info.height} at {info.fps:g} fps"
+        + (f", {report['input_bytes']:,} B" if report["input_bytes"] else "")
+    )
+    keep = cv.keep.mode + (f" (K={cv.keep.k})" if cv.keep.k else "")
+    if "keep_rate" in cv.extra:
+        keep += f" (keep rate {cv.extra['keep_rate']:g})"
+    print(
+        f"model    {cv.model.width}x{cv.model.height} VAE, weights {loaded.identity} ({loaded.source}), "
+        f"{args.precision}, keep {keep}, {args.resize}"
+    )
+    for index, clip in enumerate(cv.clips):
+        positions = " ".join(str(p) for p in clip.positions())
+        print(
+            f"clip {index:<3} frames {clip.start}-{clip.stop - 1} ({clip.num_frames}): "
+            f"kept {clip.kept}/{clip.num_frames} at {positions}"
+        )
+    kept = cv.kept_frames
+    print(
+        f"kept     {kept} of {cv.num_frames} frames ({kept / cv.num_frames:.1%}), "
+        f"temporal {cv.num_frames / kept:.2f}x"
+    )
+    print(
+        f"wrote    {args.output}: {output_bytes:,} B "
+        f"({report['latent_bytes']:,} B of {cv.latent_dtype} latents, "
+        f"{output_bytes - report['latent_bytes']:,} B header and gaps)"
+    )
+    ratio = (
+        f"ratio    {report['raw_bytes_original'] / output_bytes:.1f}x vs raw uint8 frames at "
+        f"{cv.width}x{cv.height} ({report['raw_bytes_original']:,} B), "
+        f"{report['raw_bytes_model'] / output_bytes:.1f}x vs raw at model size"
+    )
+    if report["input_bytes"]:
+        ratio += f", {report['input_bytes'] / output_bytes:.2f}x vs the input file"
+    print(ratio)
+    print(f"         {report['note']}")
+    if quantization is not None:
+        print(
+            f"latents  stored as {cv.latent_dtype}: RMSE {quantization['rmse']:.3g} against float32 "
+            f"(SNR {quantization['snr_db']:.1f} dB, largest error {quantization['max_abs_error']:.3g})"
+        )
+    if quality:
+        parts = [
+            f"{dtype} latents MSE {q['mse']:.5f} (PSNR {q['psnr']:.2f} dB)" for dtype, q in quality.items()
+        ]
+        print("quality  " + "; ".join(parts) + " vs the input at model size")

@@ -1,0 +1,193 @@
+"""`dfc evaluate DIR`: compression and quality over a folder of videos, per clip, with figures.
+
+Writes into `--out` (created whole at the end, so a failure leaves nothing): `evaluation.csv`,
+`evaluation.json`, `evaluation.md`, `gifs/compare_<clip>.gif` (Original | Top-16 | Top-8 | Top-4 | Top-1)
+and `timelines/keep_<clip>.png` (keep probability, Bernoulli keep share, top-K choices per frame).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from dfc.errors import UserError
+from dfc.models import add_model_arguments, load_model
+
+DEFAULT_OUT = "evaluation"
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", metavar="DIR", help="folder of videos (.mp4 .mov .mkv .webm .avi .gif)")
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--out", default=DEFAULT_OUT, help=f"output folder, new or empty (default: ./{DEFAULT_OUT})"
+    )
+    parser.add_argument(
+        "--clip-frames", type=int, metavar="N", help="frames per clip (default: 32, or the model's limit)"
+    )
+    parser.add_argument(
+        "--max-frames", type=int, metavar="N", help="evaluate only the first N frames of a video"
+    )
+    parser.add_argument("--draws", type=int, default=16, help="Bernoulli draws per clip (default: 16)")
+    parser.add_argument(
+        "--topk",
+        default="16,8,4,1",
+        help="top-K budgets of the comparison GIFs, comma-separated (default: 16,8,4,1)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Bernoulli draws (default: 0)")
+    parser.add_argument(
+        "--latent-dtype",
+        choices=("bf16", "u8", "f32"),
+        default="bf16",
+        help="storage the MSE reflects (default: bf16)",
+    )
+    parser.add_argument("--resize", choices=("crop", "stretch"), default="crop", help="default: crop")
+    parser.add_argument(
+        "--no-figures", action="store_true", help="only the tables: no GIFs or timeline plots"
+    )
+    parser.add_argument(
+        "--gif-fps", type=float, default=8.0, help="frame rate of the comparison GIFs (default: 8)"
+    )
+    parser.add_argument("--batch", type=int, default=4, metavar="B", help="decodes run together (default: 4)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _topk(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"--topk must be comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"--topk budgets must be at least 1, got {text!r}")
+    return values
+
+
+def _check_arguments(args: argparse.Namespace) -> tuple[list[Path], tuple[int, ...]]:
+    from dfc.evaluation import VIDEO_SUFFIXES, find_videos
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder")
+    videos = find_videos(folder)
+    if not videos:
+        raise UserError(f"{folder}: no videos in this folder ({' '.join(VIDEO_SUFFIXES)})")
+    for name in ("clip_frames", "draws", "batch"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UserError(f"--max-frames must be at least 1, got {args.max_frames}")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: exists and is not an empty folder; choose a new --out")
+    if not out.absolute().parent.is_dir():
+        raise UserError(f"{out}: the folder {out.absolute().parent} does not exist")
+    return videos, _topk(args.topk)
+
+
+def run(args: argparse.Namespace) -> int:
+    videos, topk = _check_arguments(args)
+    from dfc.video import fit_to_model, read_video, split_clips
+
+    # Every video is read (and fitted) before the model loads: a bad file fails in seconds.
+    inputs = []
+    for path in videos:
+        frames, info = read_video(path, max_frames=args.max_frames)
+        inputs.append((path, frames, info))
+    loaded = load_model("vae", args.weights, args.device, args.precision)
+    vae = loaded.model
+    cfg = vae.config
+    args.clip_frames = args.clip_frames or min(32, cfg.max_temporal_len)
+    work = [
+        (path, start, stop, info)
+        for path, frames, info in inputs
+        for start, stop in split_clips(len(frames), args.clip_frames, cfg.max_temporal_len)
+    ]
+
+    from tqdm.auto import tqdm
+
+    from dfc.evaluation import bernoulli_draws, evaluate_clip
+
+    out = Path(args.out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.absolute().parent))
+    try:
+        results = []
+        fitted_cache: dict[Path, object] = {}
+        for key, (path, start, stop, _) in enumerate(
+            tqdm(work, desc="evaluating", unit="clip", disable=args.quiet)
+        ):
+            if path not in fitted_cache:
+                fitted_cache.clear()  # one video's fitted frames at a time
+                frames = next(f for p, f, _ in inputs if p == path)
+                fitted_cache[path] = fit_to_model(frames, cfg.height, cfg.width, args.resize)[0]
+            fitted = fitted_cache[path]
+            clip_index = sum(1 for p, s, _, _ in work[:key] if p == path)
+            noise = bernoulli_draws(args.seed, key, args.draws, stop - start)
+            result, pictures = evaluate_clip(
+                vae, fitted[start:stop], video=path.name, clip=clip_index, start=start, noise=noise,
+                topk=topk, latent_dtype=args.latent_dtype, batch_size=args.batch,
+            )  # fmt: skip
+            results.append(result)
+            if not args.no_figures:
+                _figures(staging, result, pictures, args.gif_fps)
+        _tables(staging, results, args, loaded, topk)
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    from dfc.evaluation import markdown_table
+
+    print(markdown_table(results))
+    print(
+        f"wrote    {out}/evaluation.csv, evaluation.json, evaluation.md"
+        + ("" if args.no_figures else ", gifs/, timelines/")
+    )
+    return 0
+
+
+def _figures(folder: Path, result, pictures, fps: float) -> None:
+    from dfc.figures import keep_timeline, side_by_side
+    from dfc.video import write_video
+
+    (folder / "gifs").mkdir(exist_ok=True)
+    (folder / "timelines").mkdir(exist_ok=True)
+    labels = ["Original", *pictures.topk]
+    comparison = side_by_side([pictures.original, *pictures.topk.values()], labels)
+    write_video(folder / "gifs" / f"compare_{result.label}.gif", comparison, fps)
+    keep_timeline(
+        folder / "timelines" / f"keep_{result.label}.png",
+        f"{result.video} clip {result.clip} (frames {result.start}-{result.start + result.frames - 1})",
+        result.keep_probability,
+        pictures.bernoulli_keeps,
+        pictures.topk_keeps,
+    )
+
+
+def _tables(folder: Path, results, args, loaded, topk) -> None:
+    from dfc.evaluation import markdown_table, to_csv, to_json
+
+    settings = {
+        "folder": str(args.folder),
+        "weights": loaded.source,
+        "weights_identity": loaded.identity,
+        "precision": args.precision,
+        "clip_frames": args.clip_frames,
+        "max_frames": args.max_frames,
+        "draws": args.draws,
+        "topk": list(topk),
+        "seed": args.seed,
+        "latent_dtype": args.latent_dtype,
+        "resize": args.resize,
+    }
+    (folder / "evaluation.csv").write_text(to_csv(results), encoding="utf-8")
+    (folder / "evaluation.json").write_text(to_json(results, settings), encoding="utf-8")
+    (folder / "evaluation.md").write_text(markdown_table(results) + "\n", encoding="utf-8")
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """The finished folder takes `out`'s place in one rename (an empty `out` is replaced)."""
+    if out.is_dir():
+        out.rmdir()
+    os.rename(staging, out)

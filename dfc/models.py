@@ -1,0 +1,100 @@
+"""Loading the models a command asked for (`--weights`, `--device`, `--precision`), failures as one line.
+
+Imports torch only when called, so `dfc --help` and the torch-free commands stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.precision import Precision
+from dfc.errors import UserError
+
+DEFAULT_REPO = "floatingtrees2/dynamic-frame-compression"  # == torch_impl.loading.DEFAULT_REPO
+HUB_FILES = {"vae": "vae_pytorch.pt", "dit": "dit_pytorch.pt"}
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    source: str
+    identity: str
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, weights_help: str | None = None) -> None:
+    parser.add_argument(
+        "--weights",
+        metavar="W",
+        help=weights_help
+        or "a weights file (.safetensors or .pt), a folder with model.safetensors + config.json, or a "
+        f"Hugging Face repo id (default: {DEFAULT_REPO}; offline, the local hub cache is used)",
+    )
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=[p.value for p in Precision],
+        help="fp32 (default); bf16 = every weight bf16 (as the published port); mixed = matmul weights bf16",
+    )
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
+
+
+def _how_to_provide(model_type: str, source: str) -> str:
+    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
+    )
+    name = HUB_FILES[model_type]
+    return (
+        f"no {model_type.upper()} weights: {source} is not a local path and {name} could not be fetched "
+        f"from the Hugging Face hub nor found in the cache ({cache}); pass --weights PATH (a .pt, "
+        f"a .safetensors or a folder with model.safetensors + config.json), or with internet run "
+        f"`hf download {source} {name}` and copy its cache folder here (HF_HUB_CACHE points at it)"
+    )
+
+
+def load_model(model_type: str, source: str | os.PathLike | None, device: str, precision: str) -> LoadedModel:
+    """The VAE or DiT behind `source` (default: the published repo), with its weights identity."""
+    import torch_impl
+    from torch_impl.weights import file_identity, weights_files
+
+    source = os.fspath(source) if source is not None else DEFAULT_REPO
+    # "owner/name" is a hub repo id; anything path-like that does not exist is a typo, not a repo
+    looks_local = source.startswith((".", "/", "~")) or source.endswith((".pt", ".safetensors", ".json"))
+    if looks_local and not Path(source).exists():
+        raise UserError(f"--weights {source}: no such file or folder")
+    loader = torch_impl.load_vae if model_type == "vae" else torch_impl.load_dit
+    try:
+        files = weights_files(source, model_type)
+        model = loader(source, device=resolve_device(device), precision=precision)
+        identity = file_identity(files)
+    except torch_impl.WeightsNotFoundError as err:
+        if Path(source).exists():
+            raise UserError(f"--weights {source}: {_first_line(err)}") from None
+        raise UserError(_how_to_provide(model_type, source)) from None
+    except torch_impl.WeightsError as err:
+        raise UserError(
+            f"--weights {source}: not {model_type.upper()} weights ({_first_line(err)})"
+        ) from None
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UserError(
+            f"--weights {source}: cannot load {model_type.upper()} weights ({_first_line(err)})"
+        ) from None
+    return LoadedModel(model, source, identity)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

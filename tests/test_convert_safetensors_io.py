@@ -1,0 +1,160 @@
+"""The streaming safetensors writer: header first, tensors after, readable by the safetensors library."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from convert.safetensors_io import (
+    INDEX_FILE,
+    SafetensorsError,
+    SafetensorsReader,
+    ShardedWriter,
+    StreamingWriter,
+    TensorSpec,
+    copy_into,
+    encode_header,
+    plan_shards,
+    read_header,
+)
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def _tensors(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "a.weight": rng.standard_normal((6, 5), dtype=np.float32),
+        "a.bias": rng.standard_normal(6, dtype=np.float32),
+        "b.weight": rng.standard_normal((4, 3, 2, 2, 2), dtype=np.float32).astype(BF16),
+        "c": np.arange(7, dtype=np.int64),
+        "empty": np.zeros((0, 3), np.float32),
+    }
+
+
+def _specs(tensors):
+    return [TensorSpec(name, a.shape, a.dtype) for name, a in tensors.items()]
+
+
+def test_one_file_is_read_by_the_safetensors_library(tmp_path):
+    tensors = _tensors()
+    writer = ShardedWriter(
+        _specs(tensors), {"format": "pt", "model_type": "vae"}, single_file=tmp_path / "w.safetensors"
+    )
+    for name, array in tensors.items():
+        writer.write(name, array)
+        assert np.array_equal(writer.re_read(name).view(np.uint8), np.ascontiguousarray(array).view(np.uint8))
+    assert writer.close() == [tmp_path / "w.safetensors"]
+    with safe_open(str(tmp_path / "w.safetensors"), framework="numpy") as f:
+        assert f.metadata() == {"format": "pt", "model_type": "vae"}
+        assert set(f.keys()) == set(tensors)
+        for name in ("a.weight", "a.bias", "c"):
+            assert np.array_equal(f.get_tensor(name), tensors[name])
+        assert tuple(f.get_slice("b.weight").get_shape()) == (4, 3, 2, 2, 2)
+    reader = SafetensorsReader(tmp_path / "w.safetensors")
+    for name, array in tensors.items():
+        assert reader.tensor(name).dtype == array.dtype
+        assert np.array_equal(reader.tensor(name).view(np.uint8), np.ascontiguousarray(array).view(np.uint8))
+
+
+def test_the_header_is_written_before_any_tensor(tmp_path):
+    tensors = _tensors()
+    specs = _specs(tensors)
+    header = encode_header(specs, {"format": "pt"})
+    assert len(header) % 8 == 0
+    writer = StreamingWriter(tmp_path / "w.safetensors", specs, {"format": "pt"})
+    assert (tmp_path / "w.safetensors").read_bytes()[: len(header)] == header  # before any write
+    (length,) = struct.unpack("<Q", header[:8])
+    parsed = json.loads(header[8 : 8 + length])
+    assert parsed["a.weight"] == {"dtype": "F32", "shape": [6, 5], "data_offsets": [0, 120]}
+    assert parsed["b.weight"]["dtype"] == "BF16"
+    writer.abort()
+
+
+def test_strided_sources_are_laid_out_and_cast(tmp_path):
+    rng = np.random.default_rng(1)
+    source = rng.standard_normal((300, 200), dtype=np.float32)
+    dst = np.empty((200, 300), BF16)
+    copy_into(dst, source.T, block_bytes=1000)
+    assert np.array_equal(dst.view(np.uint16), source.T.astype(BF16).view(np.uint16))
+    spec = TensorSpec("t", (200, 300), np.dtype(np.float32))
+    writer = StreamingWriter(tmp_path / "w.safetensors", [spec], None)
+    writer.write("t", source.T)
+    writer.close()
+    assert np.array_equal(SafetensorsReader(tmp_path / "w.safetensors").tensor("t"), source.T)
+
+
+def test_writes_must_follow_the_plan(tmp_path):
+    tensors = _tensors()
+    writer = StreamingWriter(tmp_path / "w.safetensors", _specs(tensors), None)
+    with pytest.raises(SafetensorsError, match="expected a.weight"):
+        writer.write("a.bias", tensors["a.bias"])
+    with pytest.raises(SafetensorsError, match=r"expected a.weight \[6, 5\] next, got a.weight \[5, 6\]"):
+        writer.write("a.weight", tensors["a.weight"].T)
+    writer.abort()
+    with pytest.raises(FileExistsError):  # never replaces a file
+        StreamingWriter(tmp_path / "w.safetensors", _specs(tensors), None)
+
+
+def test_shards_and_index(tmp_path):
+    tensors = {f"layer.{i}.weight": np.full((100,), i, np.float32) for i in range(7)}
+    specs = _specs(tensors)
+    assert [len(s) for s in plan_shards(specs, 1000)] == [2, 2, 2, 1]
+    assert [len(s) for s in plan_shards(specs, 10)] == [1] * 7  # a tensor above the limit goes alone
+    writer = ShardedWriter(specs, {"format": "pt"}, directory=tmp_path, max_shard_bytes=1000)
+    for name, array in tensors.items():
+        writer.write(name, array)
+        assert np.array_equal(writer.re_read(name), array)
+    files = writer.close()
+    assert [f.name for f in files] == [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)] + [
+        INDEX_FILE
+    ]
+    index = json.loads((tmp_path / INDEX_FILE).read_text())
+    assert index["metadata"]["total_size"] == 2800 and index["metadata"]["format"] == "pt"
+    assert index["weight_map"]["layer.6.weight"] == "model-00004-of-00004.safetensors"
+    reader = SafetensorsReader(tmp_path)
+    assert len(reader.files) == 4 and reader.metadata == {"format": "pt"}
+    for name, array in tensors.items():
+        assert np.array_equal(reader.tensor(name), array)
+
+
+def test_small_model_stays_one_file(tmp_path):
+    tensors = _tensors()
+    writer = ShardedWriter(_specs(tensors), {}, directory=tmp_path)
+    for name, array in tensors.items():
+        writer.write(name, array)
+    assert [f.name for f in writer.close()] == ["model.safetensors"]
+
+
+def test_incomplete_writes_are_refused(tmp_path):
+    tensors = _tensors()
+    writer = ShardedWriter(_specs(tensors), {}, directory=tmp_path)
+    writer.write("a.weight", tensors["a.weight"])
+    with pytest.raises(SafetensorsError, match="not completely written"):
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: b[:-4], "truncated or padded"),
+        (lambda b: b + b"\0" * 8, "truncated or padded"),
+        (lambda b: b[:5], "shorter than its header length"),
+        (lambda b: struct.pack("<Q", 1 << 40) + b[8:], "header length"),
+        (lambda b: b[:8] + b"[" + b[9:], "not a safetensors file"),
+    ],
+)
+def test_damaged_files_are_named(tmp_path, damage, message):
+    tensors = _tensors()
+    writer = ShardedWriter(_specs(tensors), {}, single_file=tmp_path / "w.safetensors")
+    for name, array in tensors.items():
+        writer.write(name, array)
+    writer.close()
+    (tmp_path / "w.safetensors").write_bytes(damage((tmp_path / "w.safetensors").read_bytes()))
+    with pytest.raises(SafetensorsError, match=message):
+        read_header(tmp_path / "w.safetensors")
