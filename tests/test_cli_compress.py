@@ -208,7 +208,7 @@ def test_any_damaged_or_truncated_file_fails_cleanly(long_compressed, files, tmp
     else:
         damaged = bytearray(original)
         for index in data.draw(
-            st.lists(st.integers(0, len(original) - 1), min_size=1, max_size=4), label="at"
+            st.lists(st.integers(0, len(original) - 1), min_size=1, max_size=4, unique=True), label="at"
         ):
             damaged[index] ^= data.draw(st.integers(1, 255), label="xor")
     bad = tmp_path / "bad.dfc"
