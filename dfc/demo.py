@@ -241,7 +241,8 @@ def _compress_and_decompress(
     source = str(Path(weights).absolute()) if Path(weights).exists() else weights
     cv = compress_video(
         loaded.model, input_path, weights_id=loaded.identity, mode=mode, keep_rate=options.keep_rate,
-        clip_frames=min(DEMO_CLIP_FRAMES, loaded.model.config.max_temporal_len), extra={"weights_source": source},
+        clip_frames=min(DEMO_CLIP_FRAMES, loaded.model.config.max_temporal_len),
+        extra={"weights_source": source},
     )  # fmt: skip
     compressed = write_container(out / "compressed.dfc", cv)
     report = size_report(cv, input_path)
