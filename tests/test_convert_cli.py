@@ -56,7 +56,7 @@ def test_inspect_every_kind(tmp_path, checkpoint, capsys):
     assert "layers.0.SpatialAttention.qkv_projection.weight\t[192, 64]\tfloat32\t49152\tmodel" in out
     assert "source_step: 1200" in out
     torch = pytest.importorskip("torch")
-    torch.save(
+    torch.save(  # legacy-format: the published .pt layout
         {"up_proj.weight": torch.zeros(64, 24), "spacing_pred2.weight": torch.zeros(1, 16)}, tmp_path / "w.pt"
     )
     assert main(["inspect", str(tmp_path / "w.pt")]) == 0

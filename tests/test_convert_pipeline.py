@@ -200,6 +200,7 @@ def test_shards_above_the_size_limit(tmp_path, checkpoints, vae_model):
 def test_published_pt_to_safetensors(tmp_path, vae_model):
     torch = pytest.importorskip("torch")
     state, _ = flax_to_torch(TABLES["vae"], vae_model)
+    # legacy-format: a published-style .pt, written only to test the reader
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / "vae_pytorch.pt")
     report = convert(tmp_path / "vae_pytorch.pt", tmp_path / "st")
     assert report.source_format == "pt" and set(report.assumed) == {"max_temporal_len"}
@@ -209,7 +210,7 @@ def test_published_pt_to_safetensors(tmp_path, vae_model):
     given = convert(tmp_path / "vae_pytorch.pt", tmp_path / "given", Options(config="vae-tiny"))
     assert given.config == VAE and given.assumed == {}
     legacy = tmp_path / "legacy.pt"
-    torch.save(
+    torch.save(  # legacy-format
         {k: torch.from_numpy(v) for k, v in state.items()}, legacy, _use_new_zipfile_serialization=False
     )
     assert convert(legacy, tmp_path / "legacy", Options(config="vae-tiny")).verified
