@@ -143,7 +143,7 @@ def config_from_dict(data: dict[str, Any], cls: type[C] | None = None) -> C:
     model_type = data.pop("model_type", None)
     if cls is None:
         if model_type not in _BY_TYPE:
-            raise ValueError(f"config has no valid 'model_type' (got {model_type!r}; expected 'vae' or 'dit')")
+            raise ValueError(f"config has no valid 'model_type'")
         cls = _BY_TYPE[model_type]
     elif model_type is not None and model_type != cls.model_type:
         raise ValueError(f"config is for model_type {model_type!r}, expected {cls.model_type!r}")
