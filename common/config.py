@@ -143,7 +143,7 @@ def config_from_dict(data: dict[str, Any], cls: type[C] | None = None) -> C:
     model_type = data.pop("model_type", None)
     if cls is None:
         if model_type not in _BY_TYPE:
-            raise ValueError(f"config has no valid 'model_type'")
+            raise ValueError(f"config 'model_type' must be 'vae' or 'dit', got {model_type!r}")
         cls = _BY_TYPE[model_type]
     elif model_type is not None and model_type != cls.model_type:
         raise ValueError(f"config is for model_type {model_type!r}, expected {cls.model_type!r}")
