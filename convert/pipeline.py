@@ -25,7 +25,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import queue
 import shutil
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,27 +366,60 @@ def stream_tensors(
     batches: Iterable[list[tuple[str, np.ndarray]]],
     writer: st.ShardedWriter,
     on_bytes: Progress,
+    queued_batches: int = 1,
 ) -> int:
     """Write, re-read and compare every tensor; returns how many were checked.
 
     Each tensor is re-read from the file right after it is written and compared with the source array
-    while that is still in memory (bit for bit, or as its exact rounding), so memory stays at the
-    reader's batches whatever the model's size.
+    while that is still in memory (bit for bit, or as its exact rounding), so memory stays at a few of
+    the reader's batches whatever the model's size. Writing happens on a thread of its own: once the
+    page cache holds about a gigabyte of unwritten data the kernel makes `pwrite` wait for the disk,
+    and the reader must not wait with it. At most `queued_batches` batches wait between the two.
     """
-    checked = 0
-    for batch in batches:
-        for name, source in batch:
-            plan = planned[name]
-            if source.shape != plan.out.shape:
-                raise ConvertError(f"{name}: read as {list(source.shape)}, planned as {list(plan.out.shape)}")
-            writer.write(plan.out.name, source)
-            if not _matches_source(writer.re_read(plan.out.name), source):
-                raise ConvertError(
-                    f"{name}: the tensor re-read from {plan.out.name} does not match the source"
-                )
-            checked += 1
-            on_bytes(plan.out.nbytes)
-    return checked
+    handoff: queue.Queue = queue.Queue(maxsize=queued_batches)
+    checked = [0]
+    failure: list[BaseException] = []
+
+    def write_all() -> None:
+        while (batch := handoff.get()) is not None:
+            if failure:  # drain after an error so that the reader side never blocks on `put`
+                continue
+            try:
+                for name, source in batch:
+                    _write_and_check(planned[name], source, writer)
+                    checked[0] += 1
+                    on_bytes(planned[name].out.nbytes)
+            except BaseException as err:  # handed to the caller's thread below
+                failure.append(err)
+
+    thread = threading.Thread(target=write_all, name="dfc-writer", daemon=True)
+    thread.start()
+    try:
+        for batch in batches:
+            if failure:
+                break
+            handoff.put(batch)
+    finally:
+        handoff.put(None)
+        thread.join()
+    if failure:
+        raise failure[0]
+    return checked[0]
+
+
+def _write_and_check(plan: Planned, source: np.ndarray, writer: st.ShardedWriter) -> None:
+    if source.shape != plan.out.shape:
+        raise ConvertError(
+            f"{plan.source_name}: read as {list(source.shape)}, planned as {list(plan.out.shape)}"
+        )
+    written = writer.write(plan.out.name, source)
+    # What went to the file is `source` laid out contiguously (by numpy, when `source` is a transposed
+    # view); with a new dtype, the file is checked against the source itself as its exact rounding.
+    reference = written if written.dtype == source.dtype else source
+    if not _matches_source(writer.re_read(plan.out.name), reference):
+        raise ConvertError(
+            f"{plan.source_name}: the tensor re-read from {plan.out.name} does not match the source"
+        )
 
 
 def _check_written(files: list[Path], planned: Mapping[str, Planned]) -> str:
@@ -598,13 +633,15 @@ def _orbax_to_safetensors(src, dst, options, report, progress, log) -> Report:
     shape_check = start_shape_check(config)
     try:
         params = [n for n in names if kinds[n] is not Kind.ROPE_CACHE]
-        # The reader lays each tensor out for PyTorch as it reads it (`Kind.torch_axes`: the table's
-        # `to_torch` as data), and starts now, so that the first batch arrives while the RoPE caches are
-        # checked.
-        layouts = {infos[n].key: kinds[n].torch_axes for n in params}
-        source = store.read_batches([infos[n] for n in params], options.batch_bytes, layouts)
+        # The reader starts now, so that the first batch arrives while the RoPE caches are checked. Each
+        # tensor comes as the table's PyTorch view of it (`Kind.to_torch`), which the writer thread lays
+        # out in tiles: faster than tensorstore's transposing read, and off the reader's cores' path.
+        source = store.read_batches([infos[n] for n in params], options.batch_bytes)
         by_key = {infos[n].key: n for n in params}
-        batches = ([(by_key[info.key], array) for info, array in batch] for batch in source)
+        batches = (
+            [(by_key[info.key], kinds[by_key[info.key]].to_torch(array)) for info, array in batch]
+            for batch in source
+        )
 
         ropes = [n for n in names if kinds[n] is Kind.ROPE_CACHE]
         if ropes:

@@ -91,19 +91,30 @@ def encode_header(specs: Sequence[TensorSpec], metadata: Mapping[str, str] | Non
 
 
 def copy_into(dst: np.ndarray, src: np.ndarray, block_bytes: int = 1 << 18) -> None:
-    """`dst[...] = src` (with a cast), in slabs along the first axis.
+    """`dst[...] = src` (with a cast), in blocks that keep both sides in cache.
 
     `src` is often a transposed view; copied whole, numpy walks one side with a large stride and misses
-    the cache at every element. Slabs of a few hundred kB keep both sides in cache: three to four times
-    faster for the Linear kernels.
+    the cache at every element. A transposed matrix (a Linear kernel) goes in tiles of 1024 rows by 16
+    columns, measured two to five times faster than numpy's own transposing copy on this project's
+    machines; anything else goes in slabs of a few hundred kB along the first axis.
     """
     if dst.ndim == 0 or dst.shape[0] <= 1 or src.flags.c_contiguous:
         np.copyto(dst, src, casting="unsafe")
+        return
+    if src.ndim == 2 and src.strides[0] == src.itemsize:  # column-major: a transposed C array
+        _copy_tiles(dst, src)
         return
     row_bytes = max(1, dst[0].nbytes)
     step = max(1, block_bytes // row_bytes)
     for i in range(0, dst.shape[0], step):
         np.copyto(dst[i : i + step], src[i : i + step], casting="unsafe")
+
+
+def _copy_tiles(dst: np.ndarray, src: np.ndarray, rows: int = 1024, columns: int = 16) -> None:
+    for j in range(0, dst.shape[1], columns):
+        for i in range(0, dst.shape[0], rows):
+            tile = (slice(i, i + rows), slice(j, j + columns))
+            np.copyto(dst[tile], src[tile], casting="unsafe")
 
 
 class StreamingWriter:
@@ -145,8 +156,9 @@ class StreamingWriter:
             self.abort()
             raise
 
-    def write(self, name: str, array: np.ndarray) -> None:
-        """Write `array` (any strides; cast to the planned dtype) as the next tensor."""
+    def write(self, name: str, array: np.ndarray) -> np.ndarray:
+        """Write `array` (any strides; cast to the planned dtype) as the next tensor; returns the
+        C-contiguous array whose bytes went to the file (valid until the next `write`)."""
         if self._next >= len(self.specs):
             raise SafetensorsError(f"{self.path.name}: {name!r} is one tensor too many")
         spec = self.specs[self._next]
@@ -167,6 +179,7 @@ class StreamingWriter:
         if self._flusher is not None:
             self._flusher.wrote(self._fd, spec.nbytes)
         self._next += 1
+        return laid_out
 
     @property
     def complete(self) -> bool:
@@ -309,12 +322,12 @@ class ShardedWriter:
                 self.paths[self._current], self.shards[self._current], self.metadata, sync=self.sync
             )
 
-    def write(self, name: str, array: np.ndarray) -> None:
+    def write(self, name: str, array: np.ndarray) -> np.ndarray:
         # The next shard opens only when its first tensor comes, so that the last tensor of the previous
         # one can still be re-read from its open file.
         if self._writers[self._current].complete and self._current < len(self.shards) - 1:
             self._open_next()
-        self._writers[self._current].write(name, array)
+        return self._writers[self._current].write(name, array)
 
     def re_read(self, name: str) -> np.ndarray:
         """A written tensor as the file holds it, mapped read-only at the offsets found by parsing the

@@ -149,7 +149,7 @@ def torch_to_flax(
     if config is not None:
         for name, value in table.rope_reference(config).items():
             if name.startswith(prefix):
-                flat[name[len(prefix):]] = value
+                flat[name[len(prefix) :]] = value
     return flat
 
 

@@ -42,19 +42,18 @@ def test_forward_of_the_converted_weights_matches_jax_ref_on_the_checkpoint(tmp_
 
 def test_a_wrong_layout_is_caught_by_the_forward_check(tmp_path, monkeypatch):
     """The check has teeth: transposing a square kernel the wrong way keeps every shape and fails it."""
-    from convert import orbax_io
     from convert.layout import Kind
 
     config = PRESETS["dit-tiny"]
     ck = write_training_checkpoint(tmp_path / "ck", _jax_ref_weights(config, seed=6), "model-only")
-    real = orbax_io.ArrayStore._laid_out
+    real = Kind.to_torch
 
-    def forgets_to_transpose_square_kernels(self, store, layout):
-        if layout == Kind.LINEAR.torch_axes and store.shape[0] == store.shape[1]:
-            layout = None
-        return real(self, store, layout)
+    def forgets_to_transpose_square_kernels(kind, array):
+        if kind is Kind.LINEAR and array.shape[0] == array.shape[1]:
+            return array
+        return real(kind, array)
 
-    monkeypatch.setattr(orbax_io.ArrayStore, "_laid_out", forgets_to_transpose_square_kernels)
+    monkeypatch.setattr(Kind, "to_torch", forgets_to_transpose_square_kernels)
     with pytest.raises(Exception, match="forward check failed"):
         convert(ck, tmp_path / "st", Options(verify_forward=True))
     assert not (tmp_path / "st").exists()

@@ -89,6 +89,19 @@ def test_strided_sources_are_laid_out_and_cast(tmp_path):
     assert np.array_equal(SafetensorsReader(tmp_path / "w.safetensors").tensor("t"), source.T)
 
 
+@pytest.mark.parametrize("shape", [(1, 7), (5, 1), (17, 1025), (2050, 33), (96, 1024)])
+def test_transposed_kernels_are_laid_out_exactly_at_every_tile_edge(shape):
+    source = np.random.default_rng(2).standard_normal(shape, dtype=np.float32)
+    dst = np.empty(shape[::-1], np.float32)
+    copy_into(dst, source.T)
+    assert np.array_equal(dst, np.ascontiguousarray(source.T))
+    flipped = np.random.default_rng(3).standard_normal((3, 2, 2, 4, 5), dtype=np.float32)
+    view = np.flip(flipped.transpose(3, 4, 0, 1, 2), (2, 3, 4))
+    out = np.empty(view.shape, np.float32)
+    copy_into(out, view, block_bytes=64)
+    assert np.array_equal(out, np.ascontiguousarray(view))
+
+
 def test_writes_must_follow_the_plan(tmp_path):
     tensors = _tensors()
     writer = StreamingWriter(tmp_path / "w.safetensors", _specs(tensors), None)
