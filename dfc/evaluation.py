@@ -272,7 +272,7 @@ def markdown_table(results: Sequence[ClipEvaluation]) -> str:
         "",
         f"All-frames MSE {s.mse_all:.4f} (8-bit latents {s.mse_all_u8:.4f}); "
         f"Bernoulli MSE {s.mse_bernoulli:.4f}; "
-        f"mean keep rate {s.keep_rate:.1%} ({s.kept_mean:.1f}/{s.frames:g}); temporal {s.temporal:.1f}x; "
+        f"mean keep rate {s.keep_rate:.1%} ({s.kept_mean:.1f}/{s.frames:.1f}); temporal {s.temporal:.1f}x; "
         f"combined {s.combined:.0f}x in values, {s.combined_bytes:.0f}x in bytes; PSNR {_db(s.psnr_all)}; "
         f"SSIM {s.ssim_all:.3f} ({s.clips} clips)",
     ]

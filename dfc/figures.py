@@ -76,7 +76,7 @@ def keep_timeline(
     probabilities = np.asarray(probabilities, dtype=np.float64)
     frames = np.arange(len(probabilities))
     fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(8, 4.5), sharex=True, gridspec_kw={"height_ratios": [2, max(1, len(topk_keeps)) / 2]}
+        2, 1, figsize=(9.5, 4.5), sharex=True, gridspec_kw={"height_ratios": [2, max(1, len(topk_keeps)) / 2]}
     )
     top.bar(frames, np.mean(bernoulli_keeps, axis=0), color="#9ecae1", label="kept share of Bernoulli draws")
     top.plot(frames, probabilities, "o-", color="#08519c", markersize=3, label="keep probability")
@@ -84,7 +84,8 @@ def keep_timeline(
     top.set_ylim(0, 1.05)
     top.set_ylabel("probability")
     top.set_title(title)
-    top.legend(loc="upper right", fontsize=7)
+    # beside the axes: keep probabilities sit near 1, where a legend inside the plot would hide them
+    top.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
     for row, keep in enumerate(topk_keeps.values()):
         kept = frames[np.asarray(keep, dtype=bool)]
         bottom.scatter(kept, np.full(len(kept), row), marker="|", s=120, color="#d94801")

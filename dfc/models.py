@@ -56,12 +56,14 @@ def _how_to_provide(model_type: str, source: str) -> str:
     cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
         os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
     )
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face hub could not be reached"
     name = HUB_FILES[model_type]
     return (
-        f"no {model_type.upper()} weights: {source} is not a local path and {name} could not be fetched "
-        f"from the Hugging Face hub nor found in the cache ({cache}); pass --weights PATH (a .pt, "
-        f"a .safetensors or a folder with model.safetensors + config.json), or with internet run "
-        f"`hf download {source} {name}` and copy its cache folder here (HF_HUB_CACHE points at it)"
+        f"no {model_type.upper()} weights: {name} of the Hugging Face repo {source} is not in the local "
+        f"cache ({cache}) and {why}; pass --weights PATH (a .pt, a .safetensors or a folder with "
+        f"model.safetensors + config.json), or run `hf download {source} {name}` on a machine with "
+        f"internet and copy its cache folder to {cache} (or set HF_HUB_CACHE to the copy)"
     )
 
 
@@ -76,6 +78,7 @@ def load_model(model_type: str, source: str | os.PathLike | None, device: str, p
     if looks_local and not Path(source).exists():
         raise UserError(f"--weights {source}: no such file or folder")
     loader = torch_impl.load_vae if model_type == "vae" else torch_impl.load_dit
+    _quiet_hub()
     try:
         files = weights_files(source, model_type)
         model = loader(source, device=resolve_device(device), precision=precision)
@@ -93,6 +96,18 @@ def load_model(model_type: str, source: str | os.PathLike | None, device: str, p
             f"--weights {source}: cannot load {model_type.upper()} weights ({_first_line(err)})"
         ) from None
     return LoadedModel(model, source, identity)
+
+
+def _quiet_hub() -> None:
+    """huggingface_hub logs each retry of an unreachable hub as a warning; the user gets one line, ours.
+
+    Imported first: the library sets its logger's level when it is imported, undoing an earlier setting.
+    """
+    try:
+        from huggingface_hub.utils import logging as hub_logging
+    except ImportError:  # local weights need no hub client
+        return
+    hub_logging.set_verbosity_error()
 
 
 def _first_line(err: BaseException) -> str:
