@@ -159,6 +159,25 @@ def test_a_video_with_no_frames_is_one_line(files, tmp_path):
     assert "no image frames" in one_line_error(result, "compress")
 
 
+def test_a_video_file_with_a_stream_but_no_frames_is_one_line(files, tmp_path):
+    header_only = tmp_path / "empty.y4m"
+    header_only.write_text("YUV4MPEG2 W64 H48 F10:1 Ip A1:1 C420jpeg\n")  # what ffmpeg reads as 0 frames
+    result = dfc("compress", header_only, tmp_path / "x.dfc", "--weights", files["weights"])
+    assert "no frames" in one_line_error(result, "compress")
+    assert not (tmp_path / "x.dfc").exists()
+
+
+def test_compress_will_not_replace_an_existing_file_unless_asked(files, tmp_path):
+    out = tmp_path / "x.dfc"
+    out.write_bytes(b"the user's file")
+    result = dfc("compress", files["single"], out, "--weights", files["weights"])
+    assert "--overwrite" in one_line_error(result, "compress")
+    assert out.read_bytes() == b"the user's file"
+    result = dfc("compress", files["single"], out, "--weights", files["weights"], "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert read_container(out).num_frames == 1
+
+
 def test_top_k_without_a_budget_is_one_line(files, tmp_path):
     result = dfc(
         "compress", files["single"], tmp_path / "x.dfc", "--mode", "topk", "--weights", files["weights"]
@@ -192,6 +211,34 @@ def test_a_truncated_file_is_one_line_and_writes_nothing(long_compressed, files,
     cut.write_bytes(path.read_bytes()[:-100])
     result = dfc("decompress", cut, tmp_path / "x.mp4", "--weights", files["weights"])
     assert "truncated" in one_line_error(result, "decompress")
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_decompress_will_not_replace_an_existing_video_unless_asked(long_compressed, files, tmp_path):
+    path, _ = long_compressed
+    target = tmp_path / "mine.mp4"
+    target.write_bytes(b"the user's video")
+    result = dfc("decompress", path, target, "--weights", files["weights"])
+    assert "--overwrite" in one_line_error(result, "decompress")
+    assert target.read_bytes() == b"the user's video"
+
+
+@pytest.mark.parametrize("kind", ["a video", "model weights"])
+def test_decompressing_a_file_that_is_not_a_dfc_file_is_one_line(files, tmp_path, kind):
+    wrong = files["long"] if kind == "a video" else files["weights"] / "model.safetensors"
+    result = dfc("decompress", wrong, tmp_path / "x.mp4", "--weights", files["weights"])
+    assert "not a .dfc" in one_line_error(result, "decompress")
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_a_file_with_one_changed_byte_is_one_line_and_writes_nothing(long_compressed, files, tmp_path):
+    path, _ = long_compressed
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01  # inside the latents, where a decoder would not notice
+    bad = tmp_path / "bad.dfc"
+    bad.write_bytes(bytes(damaged))
+    result = dfc("decompress", bad, tmp_path / "x.mp4", "--weights", files["weights"])
+    assert "damaged" in one_line_error(result, "decompress")
     assert not (tmp_path / "x.mp4").exists()
 
 

@@ -62,6 +62,14 @@ def test_generate_refuses_a_vae_and_dit_that_are_not_a_pair(weights, tmp_path):
     assert not (tmp_path / "x.mp4").exists()
 
 
+def test_generate_will_not_replace_an_existing_video_unless_asked(weights, tmp_path):
+    target = tmp_path / "mine.mp4"
+    target.write_bytes(b"the user's video")
+    result = dfc("generate", target, "--weights", weights, "--steps", 1)
+    assert "--overwrite" in one_line_error(result, "generate")
+    assert target.read_bytes() == b"the user's video"
+
+
 def test_a_seed_generates_the_same_video_whatever_else_is_in_the_batch(weights):
     import torch_impl
     from torch_impl.codec import generate
