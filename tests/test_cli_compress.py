@@ -167,13 +167,13 @@ def test_a_video_file_with_a_stream_but_no_frames_is_one_line(files, tmp_path):
     assert not (tmp_path / "x.dfc").exists()
 
 
-def test_compress_will_not_replace_an_existing_file_unless_asked(files, tmp_path):
+def test_compress_will_not_replace_an_existing_file_without_force(files, tmp_path):
     out = tmp_path / "x.dfc"
     out.write_bytes(b"the user's file")
     result = dfc("compress", files["single"], out, "--weights", files["weights"])
-    assert "--overwrite" in one_line_error(result, "compress")
+    assert "--force" in one_line_error(result, "compress")
     assert out.read_bytes() == b"the user's file"
-    result = dfc("compress", files["single"], out, "--weights", files["weights"], "--overwrite")
+    result = dfc("compress", files["single"], out, "--weights", files["weights"], "--force")
     assert result.returncode == 0, result.stderr
     assert read_container(out).num_frames == 1
 
@@ -219,7 +219,7 @@ def test_decompress_will_not_replace_an_existing_video_unless_asked(long_compres
     target = tmp_path / "mine.mp4"
     target.write_bytes(b"the user's video")
     result = dfc("decompress", path, target, "--weights", files["weights"])
-    assert "--overwrite" in one_line_error(result, "decompress")
+    assert "--force" in one_line_error(result, "decompress")
     assert target.read_bytes() == b"the user's video"
 
 

@@ -66,7 +66,7 @@ def test_generate_will_not_replace_an_existing_video_unless_asked(weights, tmp_p
     target = tmp_path / "mine.mp4"
     target.write_bytes(b"the user's video")
     result = dfc("generate", target, "--weights", weights, "--steps", 1)
-    assert "--overwrite" in one_line_error(result, "generate")
+    assert "--force" in one_line_error(result, "generate")
     assert target.read_bytes() == b"the user's video"
 
 

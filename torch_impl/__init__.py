@@ -2,8 +2,23 @@
 
 Channels last at every public surface: a video is `(B, T, H, W, C)`, a latent `(B, T, hw, L)`.
 Importing this package needs torch, einops and numpy; never jax.
+
+Whole videos: `compress_video` / `decompress_video` (files or frames <-> `dfc.container.CompressedVideo`,
+saved with `dfc.container.write_container`) and `generate` (DiT samples decoded by the VAE), from
+`torch_impl.codec`; `dfc compress`, `dfc decompress` and `dfc generate` are these calls.
 """
 
+from torch_impl.codec import (
+    Decompressed,
+    GeneratedVideo,
+    check_model_fits,
+    check_pair,
+    compress_frames,
+    compress_video,
+    decode_clips,
+    decompress_video,
+    generate,
+)
 from torch_impl.dit import VideoDiT
 from torch_impl.layers import (
     MLP,
@@ -43,9 +58,11 @@ __all__ = [
     "ConvTranspose3d",
     "ConvBlock3D",
     "Decoder",
+    "Decompressed",
     "DownBlock3D",
     "Encoder",
     "FactoredAttention",
+    "GeneratedVideo",
     "GroupNorm",
     "GumbelSigmoidSTE",
     "LayerNorm",
@@ -60,9 +77,16 @@ __all__ = [
     "WeightsError",
     "WeightsNotFoundError",
     "apply_precision",
+    "check_model_fits",
+    "check_pair",
     "check_state_shapes",
+    "compress_frames",
+    "compress_video",
+    "decode_clips",
+    "decompress_video",
     "expected_state_shapes",
     "gaps_to_positions",
+    "generate",
     "infer_dit_config",
     "infer_vae_config",
     "load_dit",

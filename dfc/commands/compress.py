@@ -59,7 +59,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch", type=int, default=4, metavar="B", help="clips encoded together (default: 4)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    parser.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -80,9 +80,9 @@ def _check_arguments(args: argparse.Namespace) -> str:
         raise UserError(f"{output}: is a folder; give a file name such as {output / 'video.dfc'}")
     if not output.absolute().parent.is_dir():
         raise UserError(f"{output}: the folder {output.absolute().parent} does not exist")
-    if output.exists() and not args.overwrite:
+    if output.exists() and not args.force:
         # e.g. `dfc compress a.mp4 a.mp4` would otherwise replace the user's video with latents
-        raise UserError(f"{output}: exists; pass --overwrite to replace it")
+        raise UserError(f"{output}: exists; pass --force to replace it")
     return mode
 
 

@@ -28,7 +28,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch", type=int, default=4, metavar="B", help="clips decoded together (default: 4)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it is an existing file")
+    parser.add_argument("--force", action="store_true", help="replace OUTPUT if it is an existing file")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -45,7 +45,7 @@ def check_video_target(path: str, *, overwrite: bool = False) -> None:
     if is_folder and target.is_dir() and any(target.iterdir()):
         raise UserError(f"{path}: folder exists and is not empty; choose a new or empty folder")
     if not is_folder and target.exists() and not overwrite:
-        raise UserError(f"{path}: exists; pass --overwrite to replace it")
+        raise UserError(f"{path}: exists; pass --force to replace it")
     if not target.absolute().parent.is_dir():
         raise UserError(f"{path}: the folder {target.absolute().parent} does not exist")
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise UserError(f"--batch must be at least 1, got {args.batch}")
-    check_video_target(args.output, overwrite=args.overwrite)
+    check_video_target(args.output, overwrite=args.force)
     cv = read_container(args.input)  # a damaged file fails here, before the model load
     loaded = load_model("vae", args.weights or default_weights(cv), args.device, args.precision)
     try:

@@ -36,7 +36,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fps", type=float, default=16.0, help="frame rate of the written video (default: 16)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace output files that exist")
+    parser.add_argument("--force", action="store_true", help="replace output files that exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -66,7 +66,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise UserError(f"--fps must be a positive number, got {args.fps}")
     seeds = list(range(args.seed, args.seed + args.batch))
     for path in output_paths(args.output, seeds, args.grid):
-        check_video_target(str(path), overwrite=args.overwrite)
+        check_video_target(str(path), overwrite=args.force)
 
 
 def run(args: argparse.Namespace) -> int:
