@@ -26,7 +26,7 @@ CLIP_SIZE = (96, 72)  # width, height: not the model's 64x64 nor its aspect, so 
 CLIP_FRAMES = 48  # a 32-frame clip and a shorter 16-frame one
 DEMO_CLIP_FRAMES = 32
 CLIP_FPS = 12.0
-TRAIN_STEPS = 24  # ~2 s each at 64x64 on 2 cores, plus ~25 s to compile: the demo stays well under 3 min
+TRAIN_STEPS = 36  # ~2 s each at 64x64 on 2 cores, plus ~25 s to compile: the demo stays under 3 min
 # what the demo writes into --out; only these are replaced when it runs again
 ARTIFACTS = (
     "checkpoint",

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 TRAIN_CLIP_FRAMES = 8  # short crops: a step costs ~2 s at 64x64 on 2 cores, 16 frames cost 4x that
-LEARNING_RATE = 2e-3
+# Warm-up then cosine decay: a constant 2e-3 reached MSE ~0.07 in 24 steps, this schedule with a 6e-3 peak
+# diverged, and with a 2.5e-3 peak it reaches ~0.013 in 36 steps (the demo clip, vae-small, seed 0).
+PEAK_LEARNING_RATE = 2.5e-3
 
 
 @dataclass
@@ -50,7 +52,7 @@ def build_and_train(
     # float32 compute for training; the parameter tree (what the checkpoint holds) is the same in any dtype
     model = jax_ref.VideoVAE(config, rngs=nnx.Rngs(seed), dtype=jnp.float32)
     optimizer = nnx.Optimizer(
-        model, optax.chain(optax.clip_by_global_norm(1.0), optax.adam(LEARNING_RATE)), wrt=nnx.Param
+        model, optax.chain(optax.clip_by_global_norm(1.0), optax.adam(_schedule(steps))), wrt=nnx.Param
     )
 
     @nnx.jit
@@ -77,6 +79,16 @@ def build_and_train(
         time.monotonic() - start,
         losses[0] if losses else None,
         losses[-1] if losses else None,
+    )
+
+
+def _schedule(steps: int):
+    """The learning rate per step: an eighth of the steps warming up (large early steps blow up the
+    randomly initialised decoder), then cosine decay so the last steps refine instead of oscillate."""
+    import optax
+
+    return optax.warmup_cosine_decay_schedule(
+        0.0, PEAK_LEARNING_RATE, max(1, steps // 8), max(steps, 1), PEAK_LEARNING_RATE * 0.05
     )
 
 

@@ -1,9 +1,9 @@
 """`dfc demo` (`make demo`) as a user runs it: from nothing to a compressed and decompressed clip.
 
-The default demo (the 64x64 `vae-small`, trained for 24 steps) takes one to three minutes on 2 cores, so
-it runs with `make test-slow`; the quick tests build the 32x32 `vae-tiny` without training, which still
-goes through every step: jax_ref model, real Orbax checkpoint, `dfc convert`, `dfc parity`, compress,
-decompress.
+The default demo (the 64x64 `vae-small`, trained for `dfc.demo.TRAIN_STEPS` steps) takes one to three
+minutes on 2 cores, so it runs with `make test-slow`; the quick tests build the 32x32 `vae-tiny` without
+training, which still goes through every step: jax_ref model, real Orbax checkpoint, `dfc convert`,
+`dfc parity`, compress, decompress.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 from cli_helpers import dfc, one_line_error, save_weights
 
 from dfc.container import read_container
+from dfc.demo import TRAIN_STEPS
 from dfc.video import probe
 
 
@@ -70,6 +71,6 @@ def test_the_default_demo_trains_and_finishes_in_under_three_minutes(tmp_path):
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
     summary = _summary(result.stdout)
-    assert "24 Adam steps" in summary["checkpoint"] and summary["parity"].startswith("PASS")
+    assert f"{TRAIN_STEPS} Adam steps" in summary["checkpoint"] and summary["parity"].startswith("PASS")
     _check_outputs(tmp_path / "demo", summary)
     assert elapsed < 180, f"the demo took {elapsed:.0f} s"

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from dfc.demo import TRAIN_STEPS
 from dfc.errors import UserError
 
 
@@ -24,8 +25,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--train-steps",
         type=int,
-        default=24,
-        help="Adam steps of the built model on the demo clip; 0 = random weights (default: 24)",
+        default=TRAIN_STEPS,
+        help=f"Adam steps of the built model on the demo clip; 0 = random weights (default: {TRAIN_STEPS})",
     )
     parser.add_argument(
         "--keep-rate",
