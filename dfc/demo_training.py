@@ -87,8 +87,10 @@ def _schedule(steps: int):
     randomly initialised decoder), then cosine decay so the last steps refine instead of oscillate."""
     import optax
 
+    warmup = max(1, steps // 8)
+    # optax needs decay steps beyond the warm-up, also for the 0- and 1-step runs of quick demos
     return optax.warmup_cosine_decay_schedule(
-        0.0, PEAK_LEARNING_RATE, max(1, steps // 8), max(steps, 1), PEAK_LEARNING_RATE * 0.05
+        0.0, PEAK_LEARNING_RATE, warmup, max(steps, warmup + 1), PEAK_LEARNING_RATE * 0.05
     )
 
 
