@@ -56,14 +56,17 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", default="reports/parity", metavar="DIR", help="where the report goes")
     parser.add_argument("--steps", type=int, default=4, help="Euler steps of the sampling cases")
     parser.add_argument(
-        "--batch", type=int, default=2, help="clips per case (the last one has a padded frame)"
+        "--batch",
+        type=int,
+        default=None,
+        help="clips per case (the last one has a padded frame); default 2, or 1 at full size on a CPU",
     )
     parser.add_argument(
         "--frames",
         type=int,
-        default=4,
-        help="frames per clip (at least 3: RoPE and q/k mistakes hide at fewer); the published "
-        "configurations on a CPU want --batch 1 --frames 3",
+        default=None,
+        help="frames per clip (at least 3: RoPE and q/k mistakes hide at fewer); default 4, "
+        "or 3 at full size on a CPU",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
     parser.add_argument(
@@ -136,6 +139,7 @@ def run(args) -> int:
 
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA device is available here")
+    _default_shape(args)
     if args.steps < 1 or args.batch < 1 or args.frames < 1:
         raise UserError("--steps, --batch and --frames must be at least 1")
     precision = Precision.parse(args.precision)
@@ -183,6 +187,30 @@ def run(args) -> int:
     )
     print(f"dfc parity: report in {files['md'].parent}")
     return 0 if result.passed else 1
+
+
+def _default_shape(args) -> None:
+    """Small inputs by default, and the smallest that still shows every planted mistake (one clip of 3
+    frames) for full-size models on a CPU: there every layer's output is captured three times over."""
+    small = args.config == "published" or args.orbax is not None
+    if args.config not in CONFIGS and not args.orbax:
+        from common.config import load_config
+
+        try:
+            small = _is_full_size(load_config(args.config))
+        except (FileNotFoundError, ValueError, TypeError):
+            small = False  # reported properly by _configs
+    small = small and args.device == "cpu"
+    if args.batch is None:
+        args.batch = 1 if small else 2
+    if args.frames is None:
+        args.frames = 3 if small else 4
+
+
+def _is_full_size(cfg) -> bool:
+    if cfg.model_type == "vae":
+        return cfg.height * cfg.width >= 128 * 128
+    return cfg.hw * cfg.residual_dim >= 256 * 512
 
 
 def _real_pair(args, precision):
