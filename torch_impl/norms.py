@@ -45,17 +45,5 @@ class GroupNorm(nn.GroupNorm):
         super().__init__(groups, num_channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = _fp32(self.weight), _fp32(self.bias)
-        if x.dtype == torch.float32 or torch.is_grad_enabled():
-            return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
-        # A low-precision input is upcast a few whole groups (>= 8 channels, one AVX2 vector) at a time,
-        # so the float32 input and output are that slice's size, not the clip's. Each group's statistics
-        # and affine come from the same values by the same kernel as in one call: bit for bit the same.
-        y = torch.empty_like(x)
-        size = self.num_channels // self.num_groups
-        step = size * max(1, 8 // size)
-        for first in range(0, self.num_channels, step):
-            c = slice(first, first + step)
-            part = (None if t is None else t[c] for t in (weight, bias))
-            y[:, c] = F.group_norm(x[:, c].float(), step // size, *part, self.eps)
-        return y
+        y = F.group_norm(x.float(), self.num_groups, _fp32(self.weight), _fp32(self.bias), self.eps)
+        return y.to(x.dtype)

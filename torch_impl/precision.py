@@ -44,11 +44,6 @@ def _cpu_has_native_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def emulates_bf16(x: torch.Tensor) -> bool:
-    """Whether `bf16_product` on `x`'s device multiplies float32 copies of the bf16 values."""
-    return x.device.type == "cpu" and not _cpu_has_native_bf16()
-
-
 def bf16_product(op: Callable[..., torch.Tensor], x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """`op(x, weight)` (a bias-free linear or convolution) on bfloat16 values, result in bfloat16.
 
@@ -57,6 +52,6 @@ def bf16_product(op: Callable[..., torch.Tensor], x: torch.Tensor, weight: torch
     in fp32: a product of two bf16 numbers is exact in fp32, so the numbers are those of a bf16 GEMM.
     """
     x = x.to(torch.bfloat16)
-    if emulates_bf16(x):
+    if x.device.type == "cpu" and not _cpu_has_native_bf16():
         return op(x.float(), weight.float()).to(torch.bfloat16)
     return op(x, weight)
