@@ -59,10 +59,9 @@ def render(data: dict) -> str:
         f"{'yes' if info['torch_native_bf16_gemm'] else 'no'}), jax {info['jax']} ({devices}), "
         f"numpy {info['numpy']}. SIMD: {' '.join(info['simd']) or '-'}. "
         f"Thread env: {info['env_threads'] or 'defaults'}. "
-        f"Load average at start: {load_avg} (the machine is shared; "
-        "wall times are medians of several runs after a warm-up/compile call, but stay noisy: other "
-        "test runs "
-        "shared the 2 cores, so single figures can be off by 2x and ratios should be read as rough).",
+        f"Load average at start: {load_avg}. Wall times are medians of several runs after a warm-up "
+        "(and, for jax, compile) call; the machine is a shared VM, so single figures stay somewhat noisy, "
+        "and the ratios, taken within one run, are the figures to read.",
         "",
     ]
     mm = res.get("matmul")
@@ -146,6 +145,33 @@ def render(data: dict) -> str:
             f"output {mem['output_bytes'] / 2**20:,.0f} MB; decode took {_s(mem['decode_s'])}.",
             "",
         ]
+    cli = res.get("cli")
+    if cli:
+        lines += [
+            f"### `dfc compress` / `dfc decompress` from the command line ({cli[0]['frames']}-frame "
+            "256x256 H.264 clip)",
+            "",
+            "Cold: each command is a fresh process (interpreter, imports, loading the weights, reading and "
+            "writing the video included; page cache warm), median of "
+            f"{cli[0]['runs']} runs. The model time is the encoder (compress) or the decoder with "
+            "`fill_token` placement (decompress) on the same frames, measured in the bench process. "
+            "Packing: frame selection, packing the kept latents and encoding the `.dfc` container; "
+            "unpacking: decoding and checking the container and placing the latents back.",
+            "",
+            "| precision | compress (cold) | encoder | ratio | packing | share | decompress (cold) | decoder "
+            "| ratio | unpacking | share |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in cli:
+            lines.append(
+                f"| {r['precision']} | {_s(r['compress_cli_s'])} | {_s(r['encode_model_s'])} | "
+                f"{r['compress_over_model']:.2f}x | {_s(r['pack_s'])} | "
+                f"{100 * r['pack_share_of_compress']:.2f}% | "
+                f"{_s(r['decompress_cli_s'])} | {_s(r['decode_model_s'])} | "
+                f"{r['decompress_over_model']:.2f}x | {_s(r['unpack_s'])} | "
+                f"{100 * r['unpack_share_of_decompress']:.2f}% |"
+            )
+        lines.append("")
     ref_lines = ", ".join(f"{k}: fp32 {v['fp32']} / bf16 {v['bf16']}" for k, v in SPEC_REFERENCE.items())
     lines += [
         f"MODEL_SPEC section 8 reference (seed PyTorch port, seconds; matmul in GFLOP/s): {ref_lines}.",

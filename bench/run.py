@@ -6,7 +6,8 @@
 
 Parts (`--only`, comma-separated): matmul (dense matmul peak, torch and jax), vae (encode and decode
 at each of `--frames`), dit (one step and a 100-step estimate), load (torch_impl.load_vae from
-safetensors), memory (peak RSS of decoding `--mem-frames` frames, in a child process), convert
+safetensors), memory (peak RSS of decoding `--mem-frames` frames, in a child process), cli (cold
+`dfc compress`/`dfc decompress` of a 32-frame clip beside the model time and packing inside), convert
 (bench.convert_bench, its own docs section; only in a full run without --only/--quick).
 """
 
@@ -25,7 +26,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("matmul", "vae", "dit", "load", "memory", "convert")
+PARTS = ("matmul", "vae", "dit", "load", "memory", "cli", "convert")
 DEFAULT_CACHE = Path(os.environ.get("DFC_BENCH_CACHE", Path.home() / ".cache" / "dfc-bench"))
 
 
@@ -112,12 +113,16 @@ def main(argv: list[str] | None = None) -> int:
         rows += models.dit_rows(dit_cfg, dit_frames, precisions, target, full_torch=not args.no_full_dit)
     if rows:
         results["rows"] = rows
-    if "load" in parts or "memory" in parts:
+    if {"load", "memory", "cli"} & set(parts):
         path = models.ensure_vae_file(vae_cfg, presets["vae"], args.cache)
         if "load" in parts:
             results["load"] = models.load_row(path, target)
         if "memory" in parts:
             results["memory"] = _memory(path, mem_frames, "bf16")
+        if "cli" in parts:
+            from bench.cli_bench import cli_rows
+
+            results["cli"] = cli_rows(path, precisions, target, runs=1 if quick else 3)
     if "convert" in parts:
         from bench import convert_bench
 

@@ -35,7 +35,7 @@ def test_bench_quick_writes_report(tmp_path: Path) -> None:
     assert data["presets"] == {"vae": "vae-tiny", "dit": "dit-tiny"}
     assert {"cpu", "cores", "torch", "jax", "torch_threads"} <= set(data["machine"])
     res = data["results"]
-    assert {"matmul", "rows", "load", "memory"} <= set(res)
+    assert {"matmul", "rows", "load", "memory", "cli"} <= set(res)
     for key in ("torch_fp32", "torch_bf16", "jax_fp32", "jax_bf16"):
         assert res["matmul"][key]["gflops"] > 0
     ops = {(r["model"], r["op"], r["precision"]) for r in res["rows"]}
@@ -50,10 +50,13 @@ def test_bench_quick_writes_report(tmp_path: Path) -> None:
         assert row["ratio_torch_over_jax"] > 0
     assert res["load"]["file_bytes"] > 0 and res["load"]["median_s"] > 0
     assert res["memory"]["peak_rss_mb"] >= res["memory"]["rss_after_load_mb"] > 0
+    for row in res["cli"]:  # the cold commands contain the model call they are compared with
+        assert row["compress_cli_s"] > row["encode_model_s"] > 0 and row["container_bytes"] > 0
+        assert row["decompress_cli_s"] > row["decode_model_s"] > 0
 
     text = (out / "BENCHMARKS.md").read_text()
     assert text.count("<!-- model-bench:start -->") == 1 and text.count("<!-- model-bench:end -->") == 1
-    assert "torch/jax" in text
+    assert "torch/jax" in text and "dfc compress" in text
 
 
 def test_flop_counts_match_spec() -> None:
