@@ -12,10 +12,11 @@ each in a fresh child process:
 - convert: `dfc convert SRC DST` (with its verification), once with an empty torch_impl shape cache (the
   strict check then imports torch in a child of its own) and then with it warm.
 
-Peak memory is the child's own `ru_maxrss`; the tree column adds its children (the torch_impl shape check),
-sampled every 10 ms. Wall time is the whole child process, interpreter start included; each figure is the
-median of `--repeat` runs after one warm-up read, so both sides read from the page cache. Results go to
-docs/BENCHMARKS.md (between the convert-bench markers) and to the `convert` key of bench.json.
+Peak memory is the child's own peak resident set (`VmHWM`); the tree column adds its children (the
+torch_impl shape check), sampled every 10 ms. Wall time is the whole child process, interpreter start
+included; each figure is the median of `--repeat` runs after one warm-up read, so both sides read from
+the page cache. Results go to docs/BENCHMARKS.md (between the convert-bench markers) and to the
+`convert` key of bench.json.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ ORIGINAL_PORT = {"peak_rss_mb": 7300, "wall_s": 41.0}
 
 
 def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from bench.machine import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 def _cpu_s() -> float:
@@ -111,6 +114,23 @@ def _child_convert(src: str, dst: str, *flags: str) -> dict:
     code = main(["convert", src, dst, "--quiet", "--force", *(f"--{flag}" for flag in flags)])
     if code != 0:
         raise SystemExit(code)
+    return {"maxrss_mb": _maxrss_mb(), "cpu_s": _cpu_s()}
+
+
+def _child_write(dst: str, nbytes: str) -> dict:
+    """Write `nbytes` to a fresh file as `dfc convert` writes (pwrite of 32 MB pieces), nothing else: what
+    this machine's disk and page cache allow, the floor of any converter that writes the model."""
+    import numpy as np
+
+    piece = np.random.default_rng(0).integers(0, 255, 32 << 20, dtype=np.uint8)
+    total, offset = int(nbytes), 0
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, total)
+        while offset < total:
+            offset += os.pwrite(fd, memoryview(piece)[: min(piece.size, total - offset)], offset)
+    finally:
+        os.close(fd)
     return {"maxrss_mb": _maxrss_mb(), "cpu_s": _cpu_s()}
 
 
@@ -221,6 +241,11 @@ def measure(kind: str, cache: Path, repeat: int) -> dict:
             _settled()
             reads.append(_run_child(["read", str(src)]))
             laid_out.append(_run_child(["read", str(src), "layout"]))
+        writes = []
+        for i in range(repeat):
+            _settled()
+            writes.append(_run_child(["write", str(scratch / f"write{i}"), str(reads[0]["bytes"])]))
+            (scratch / f"write{i}").unlink()
         cold = convert("cold")  # the torch_impl shape cache is empty: its child runs
         converts = [convert(f"run{i}") for i in range(repeat)]
         synced = convert("synced", "sync")
@@ -240,6 +265,8 @@ def measure(kind: str, cache: Path, repeat: int) -> dict:
             "cpu_s": _median(reads, "cpu_s"),
             "peak_rss_mb": max(r["maxrss_mb"] for r in reads),
         },
+        "write_alone": {"wall_s": _median(writes, "wall_s"), "cpu_s": _median(writes, "cpu_s")},
+        "ratio_to_floor": _median(converts, "wall_s") / max(read_wall, _median(writes, "wall_s")),
         "read_in_torch_layout": {
             "wall_s": _median(laid_out, "wall_s"),
             "cpu_s": _median(laid_out, "cpu_s"),
@@ -329,13 +356,13 @@ def render(results: dict, info: dict, command: str) -> str:
         "",
         "Each figure is one fresh child process: wall time includes interpreter start and imports; peak "
         "memory "
-        "is the process's own maximum resident set (`ru_maxrss`). The page cache is warm for both columns. "
+        "is the process's own peak resident set (`VmHWM`). The page cache is warm for both columns. "
         '"import floor" is the resident memory right after importing what `dfc convert` imports.',
         "",
         "| checkpoint | on disk | model arrays | import floor | read model arrays only | read, laid out for "
         "PyTorch | `dfc convert` (verified) | ratio to read | first run (torch_impl shapes not cached) "
-        "| with `--sync` |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| with `--sync` | writing the same bytes alone | ratio to max(read, write) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results.values():
         lines.append(
@@ -350,7 +377,8 @@ def render(results: dict, info: dict, command: str) -> str:
             f"| {r['convert_cold_shape_cache']['wall_s']:.2f} s ({r['ratio_wall_cold']:.2f}x); "
             f"{_mb(r['convert_cold_shape_cache']['peak_rss_mb'])}, with the torch child "
             f"{_mb(r['convert_cold_shape_cache']['tree_peak_rss_mb'])} "
-            f"| {r['convert_sync']['wall_s']:.2f} s |"
+            f"| {r['convert_sync']['wall_s']:.2f} s "
+            f"| {r['write_alone']['wall_s']:.2f} s | {r['ratio_to_floor']:.2f}x |"
         )
     vae = results.get("vae")
     if vae:
@@ -381,13 +409,16 @@ def render(results: dict, info: dict, command: str) -> str:
         "0.5 to 1 GB/s here; the tiles two to five times faster). Once about a gigabyte of unwritten data "
         "sits in the page cache, this machine's kernel makes every further write wait for the disk; the "
         "writer thread takes that wait, not the reader, and each run starts after `sync` so that no run "
-        "pays for the previous one's writeback.",
+        'pays for the previous one\'s writeback. "Writing the same bytes alone" measures that floor '
+        "directly (fallocate and pwrite of the model's byte count into a fresh file, nothing read): a "
+        "converter can be no faster than the slower of reading and writing, and the last column is the "
+        "ratio to that.",
         "",
         "`dfc convert` also checks every key and shape against `torch_impl` built on the meta device. That "
         "imports torch (about a second of CPU and 200 MB, in a child process while the conversion runs); its "
         "answer is cached per configuration and torch_impl source, so only the first conversion of a "
-        "configuration pays it (the column before last). `--sync` fsyncs the output before renaming it into "
-        "place, so the conversion then also waits for the disk "
+        'configuration pays it (the "first run" column). `--sync` fsyncs the output before renaming it '
+        "into place, so the conversion then also waits for the disk "
         f"(this one wrote {info['disk_write_mb_s']} MB/s, "
         "fsync included); without it the output is complete for every reader at once and reaches the disk "
         "when the kernel writes it back, as with `torch.save` or `save_pretrained`.",
@@ -431,9 +462,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         what, *rest = args.child
-        child = {"floor": _child_floor, "read": _child_read, "convert": _child_convert, "make": _child_make}[
-            what
-        ]
+        child = {
+            "floor": _child_floor,
+            "read": _child_read,
+            "write": _child_write,
+            "convert": _child_convert,
+            "make": _child_make,
+        }[what]
         print(json.dumps(child(*rest)), flush=True)
         return 0
     args.cache.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since it started its program, in MiB.
+
+    `VmHWM` of /proc/self/status, not `ru_maxrss`: Linux carries `ru_maxrss` across `fork` + `exec`, so a
+    child started by a large process (the bench itself, after the jax models) reports its parent's size.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

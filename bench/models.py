@@ -10,14 +10,13 @@ from __future__ import annotations
 import gc
 import json
 import os
-import resource
 import time
 from pathlib import Path
 
 import numpy as np
 
 from bench import flops
-from bench.machine import timed
+from bench.machine import peak_rss_mb, timed
 
 JAX_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "mixed": "bfloat16"}
 
@@ -249,7 +248,7 @@ def child_decode_memory(path: str, frames: str, precision: str) -> dict:
     with torch.inference_mode():
         video = model.decoder(latent, mask)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_mb() * 2**20
     return {
         "frames": frames_i,
         "precision": precision,

@@ -46,12 +46,17 @@ def render(data: dict) -> str:
     presets = ", ".join(f"`{v}`" for v in data["presets"].values())
     devices = ", ".join(info["jax_devices"])
     load_avg = ", ".join(map(str, info["load_average_at_start"]))
+    again = "".join(
+        f" Re-measured after it: {', '.join(r['parts'])}, by `{r['command']}` (load average "
+        f"{', '.join(map(str, r['load_average']))})."
+        for r in data.get("re_measured", [])
+    )
     lines = [
         START,
         "## Model speed: torch_impl beside the jitted jax_ref (CPU)",
         "",
         f"Command: `{cmd}` (`bench/run.py`; `make bench` runs it). Configurations: {presets}. "
-        "Every figure below comes from that one run.",
+        f"Every figure below comes from that one run.{again}",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; {info['os']}; Python "
         f"{info['python']}, torch {info['torch']} ({info['torch_threads']} intra-op / "
@@ -139,10 +144,11 @@ def render(data: dict) -> str:
             f"### Peak memory: decoding {mem['frames']} frames at {mem['height']}x{mem['width']} "
             f"({mem['precision']}, torch, fresh child process)",
             "",
-            f"Peak resident set (`ru_maxrss`) {mem['peak_rss_mb']:,.0f} MB; after imports "
+            f"Peak resident set (`VmHWM`) {mem['peak_rss_mb']:,.0f} MB; after imports "
             f"{mem['rss_after_imports_mb']:,.0f} MB, after loading the weights "
             f"{mem['rss_after_load_mb']:,.0f} MB; "
-            f"output {mem['output_bytes'] / 2**20:,.0f} MB; decode took {_s(mem['decode_s'])}.",
+            f"output {mem['output_bytes'] / 2**20:,.0f} MB; decode took {_s(mem['decode_s'])} "
+            f"(`{mem.get('command', 'python -m bench.run --only memory')}`).",
             "",
         ]
     cli = res.get("cli")
@@ -183,11 +189,12 @@ def render(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(section: str, path: Path) -> None:
+def write_docs(section: str, path: Path, start: str = START, end: str = END) -> None:
+    """Replace the part of `path` between the `start` and `end` markers (or append it)."""
     text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
         text = head + section.rstrip("\n") + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section

@@ -7,7 +7,8 @@
 Parts (`--only`, comma-separated): matmul (dense matmul peak, torch and jax), vae (encode and decode
 at each of `--frames`), dit (one step and a 100-step estimate), load (torch_impl.load_vae from
 safetensors), memory (peak RSS of decoding `--mem-frames` frames, in a child process), cli (cold
-`dfc compress`/`dfc decompress` of a 32-frame clip beside the model time and packing inside), convert
+`dfc compress`/`dfc decompress` of a 32-frame clip beside the model time and packing inside), stages
+(bench.decoder_stages: the decoder's transformer, un-embedding and UNet times; its own section), convert
 (bench.convert_bench, its own docs section; only in a full run without --only/--quick).
 """
 
@@ -26,7 +27,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("matmul", "vae", "dit", "load", "memory", "cli", "convert")
+PARTS = ("matmul", "vae", "dit", "load", "memory", "cli", "stages", "convert")
 DEFAULT_CACHE = Path(os.environ.get("DFC_BENCH_CACHE", Path.home() / ".cache" / "dfc-bench"))
 
 
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--out", type=Path, default=None, help="write BENCHMARKS.md and bench.json here")
     p.add_argument("--render-only", action="store_true", help="rewrite the docs section from bench.json")
+    p.add_argument(
+        "--merge", action="store_true", help="with --only: replace just those parts of the last full run"
+    )
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     return p
 
@@ -77,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     from common import PRESETS
 
     quick = args.quick
-    parts = args.only.split(",") if args.only else [p for p in PARTS if not (quick and p == "convert")]
+    heavy = ("convert", "stages")  # full-size only: skipped by --quick
+    parts = args.only.split(",") if args.only else [p for p in PARTS if not (quick and p in heavy)]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise SystemExit(f"--only: unknown part(s) {unknown}; choose from {PARTS}")
@@ -123,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.cli_bench import cli_rows
 
             results["cli"] = cli_rows(path, precisions, target, runs=1 if quick else 3)
+    if "stages" in parts:
+        from bench import decoder_stages
+
+        decoder_stages.main(["--precisions", args.precisions, "--docs", str(docs), "--json", str(out_json)])
     if "convert" in parts:
         from bench import convert_bench
 
@@ -132,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         skipped.append("torch precision `mixed` (pass `--precisions fp32,bf16,mixed`)")
     for p in PARTS:
         if p not in parts:
-            skipped.append("`convert` (bench.convert_bench: its own section)" if p == "convert" else f"`{p}`")
+            own = {"convert": "bench.convert_bench", "stages": "bench.decoder_stages"}
+            skipped.append(f"`{p}` ({own[p]}: its own section)" if p in own else f"`{p}`")
     data = {
         "command": command,
         "presets": presets,
@@ -142,10 +152,29 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": skipped,
         "spec_reference": report.SPEC_REFERENCE,
     }
+    if args.merge:
+        data = _merged(out_json, data, parts)
     report.write_docs(report.render(data), docs)
     report.write_json(data, out_json)
     print(f"wrote {docs} and {out_json}", flush=True)
     return 0
+
+
+def _merged(path: Path, data: dict, parts: list[str]) -> dict:
+    """The previous run's data with this run's parts replacing its own; the report names the re-run."""
+    previous = json.loads(path.read_text(encoding="utf-8"))["model"]
+    measured = {k: v for k, v in data["results"].items() if k != "wall_s"}
+    if "rows" in measured:
+        raise SystemExit("--merge re-measures whole parts: load, memory, cli or matmul, not vae/dit rows")
+    previous["results"].update(measured)
+    previous.setdefault("re_measured", []).append(
+        {
+            "parts": sorted(measured),
+            "command": data["command"],
+            "load_average": data["machine"]["load_average_at_start"],
+        }
+    )
+    return previous
 
 
 if __name__ == "__main__":

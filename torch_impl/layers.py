@@ -28,6 +28,8 @@ RESIDUAL_OUT_SCALE = 1e-2
 
 def lecun_normal_(weight: torch.Tensor, fan_in: int, scale: float = 1.0) -> torch.Tensor:
     """Flax's default kernel init (`variance_scaling(scale, "fan_in", "truncated_normal")`) in place."""
+    if weight.is_meta:  # nothing to draw; on meta, trunc_normal_'s ops would import torch._dynamo (~1 s)
+        return weight
     std = math.sqrt(scale / fan_in) / _TRUNCATED_STD
     return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
 

@@ -118,7 +118,10 @@ class VideoVAE(nn.Module):
     def __init__(self, config: VAEConfig | Any = None, **hyperparameters: Any) -> None:
         super().__init__()
         cfg = self.config = resolve_config(VAEConfig, config, hyperparameters)
-        self.fill_token = nn.Parameter(torch.randn(1, 1, 1, cfg.latent_dim) * 0.02)
+        fill_token = torch.empty(1, 1, 1, cfg.latent_dim)
+        if not fill_token.is_meta:  # see layers.lecun_normal_
+            nn.init.normal_(fill_token, std=0.02)
+        self.fill_token = nn.Parameter(fill_token)
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         self.gumbel = GumbelSigmoidSTE()  # no parameters, so no state-dict keys
