@@ -282,6 +282,19 @@ def test_dit_sample_dtype_and_shape(precision):
     assert gaps.shape == (2, 3) and torch.isfinite(x).all()
 
 
+@pytest.mark.slow
+def test_compiled_sampling_follows_the_eager_trajectory():
+    """`sample(..., compile=True)` (torch.compile; the first call compiles for a minute on a CPU)."""
+    torch.manual_seed(0)
+    dit = VideoDiT("dit-tiny").eval()
+    noise = torch.randn(2, 3, 16, 24)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    x, gaps = sample(dit, noise, mask, num_steps=2)
+    x_compiled, gaps_compiled = sample(dit, noise, mask, num_steps=2, compile=True)
+    torch.testing.assert_close(x_compiled, x, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gaps_compiled, gaps, rtol=1e-5, atol=1e-5)
+
+
 def test_import_does_not_pull_in_jax():
     code = "import sys, torch_impl; print([m for m in sys.modules if m.split('.')[0] in ('jax', 'flax')])"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

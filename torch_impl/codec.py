@@ -322,6 +322,7 @@ def generate(
     seeds: Sequence[int] = (0,),
     batch_size: int = DEFAULT_BATCH,
     progress: bool = False,
+    compile: bool = False,
 ) -> list[GeneratedVideo]:
     """One video per seed: DiT sampling -> predicted gaps -> frame positions -> VAE decode.
 
@@ -347,7 +348,7 @@ def generate(
             ]
         ).to(device)
         mask = torch.ones(noise.shape[:2], dtype=torch.bool, device=device)
-        latents, gaps = sample(dit, noise, mask, steps, progress=progress)
+        latents, gaps = sample(dit, noise, mask, steps, progress=progress, compile=compile)
         positions, totals = gaps_to_positions(gaps, mask)
         clips, placements = [], []
         for row in range(len(chunk)):

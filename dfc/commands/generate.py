@@ -36,6 +36,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fps", type=float, default=16.0, help="frame rate of the written video (default: 16)"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the DiT through torch.compile (CUDA graphs on a GPU); the first step then compiles, "
+        "which takes minutes on a CPU",
+    )
     parser.add_argument("--force", action="store_true", help="replace output files that exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -90,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=seeds,
         batch_size=args.chunk,
         progress=not args.quiet,
+        compile=args.compile,
     )
     for sample in samples:
         note = f" (predicted {sample.squeezed_from}, squeezed to fit the VAE)" if sample.squeezed_from else ""
