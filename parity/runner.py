@@ -325,6 +325,9 @@ def run(
             if progress:
                 progress(case.name)
             result.cases.extend(run_case(case, lineup))
+            # No later case of this run reuses a case's captures; at the published size they are
+            # gigabytes, and holding every case's made a CPU run outgrow 24 GB.
+            lineup.cache.clear()
     return result
 
 
