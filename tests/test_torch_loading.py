@@ -71,6 +71,24 @@ def test_directory_with_config_json(tmp_path, tiny_dit):
     _assert_same_weights(dit, tiny_dit)
 
 
+def test_loading_builds_the_model_without_drawing_weights(tmp_path, tiny_vae, tiny_dit):
+    """The model is built on the meta device with no random draws: drawing there pulls in torch._dynamo,
+    a second of a cold `dfc compress`."""
+    import subprocess
+    import sys
+
+    for name, model in (("vae", tiny_vae), ("dit", tiny_dit)):
+        save_file(model.state_dict(), tmp_path / f"{name}.safetensors")
+    code = (
+        "import sys, torch_impl; "
+        f"torch_impl.load_vae({str(tmp_path / 'vae.safetensors')!r}, config='vae-tiny'); "
+        f"torch_impl.load_dit({str(tmp_path / 'dit.safetensors')!r}, config='dit-tiny'); "
+        "print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_sharded_directory_with_index(tmp_path, tiny_vae):
     state = tiny_vae.state_dict()
     weight_map = {
