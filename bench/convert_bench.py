@@ -427,17 +427,6 @@ def render(results: dict, info: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(section: str, path: Path) -> None:
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = head + section.rstrip("\n") + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
-
-
 def write_json(results: dict, info: dict, path: Path) -> None:
     data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     data["convert"] = {"machine": info, "results": results}
@@ -479,7 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         results[kind] = measure(kind, args.cache, args.repeat)
         print(json.dumps(results[kind], indent=2), file=sys.stderr)
     command = "python -m bench.convert_bench" + (f" --repeat {args.repeat}" if args.repeat != 3 else "")
-    write_docs(render(results, info, command), args.docs)
+    from bench.report import write_docs
+
+    write_docs(render(results, info, command), args.docs, START, END)
     write_json(results, info, args.json)
     print(f"wrote {args.docs} and {args.json}", file=sys.stderr)
     return 0

@@ -200,8 +200,9 @@ def test_shards_above_the_size_limit(tmp_path, checkpoints, vae_model):
 def test_published_pt_to_safetensors(tmp_path, vae_model):
     torch = pytest.importorskip("torch")
     state, _ = flax_to_torch(TABLES["vae"], vae_model)
-    # legacy-format: a published-style .pt, written only to test the reader
-    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / "vae_pytorch.pt")
+    # a published-style .pt, written only to test the reader
+    published = {k: torch.from_numpy(v) for k, v in state.items()}
+    torch.save(published, tmp_path / "vae_pytorch.pt")  # legacy-format
     report = convert(tmp_path / "vae_pytorch.pt", tmp_path / "st")
     assert report.source_format == "pt" and set(report.assumed) == {"max_temporal_len"}
     assert report.config.max_temporal_len == 64  # a .pt has no RoPE caches: the published default
