@@ -315,7 +315,9 @@ class StagedOutput:
         os.replace(self.tmp, self.dst)
         if old is not None:
             _remove(old)
-        if self.sync:
+        if self.sync:  # the entries: the files inside a directory output, and the rename
+            if self.dst.is_dir():
+                _sync_dir(self.dst)
             _sync_dir(self.dst.parent)
 
     def discard(self) -> None:
@@ -372,9 +374,10 @@ def stream_tensors(
 
     Each tensor is re-read from the file right after it is written and compared with the source array
     while that is still in memory (bit for bit, or as its exact rounding), so memory stays at a few of
-    the reader's batches whatever the model's size. Writing happens on a thread of its own: once the
-    page cache holds about a gigabyte of unwritten data the kernel makes `pwrite` wait for the disk,
-    and the reader must not wait with it. At most `queued_batches` batches wait between the two.
+    the reader's batches whatever the model's size. Laying out, writing and checking happen on a thread
+    of their own (numpy, OpenBLAS and the kernel release the GIL), so that they overlap the reader's
+    decoding, and a write that waits for the disk does not hold up the reader. At most `queued_batches`
+    batches wait between the two.
     """
     handoff: queue.Queue = queue.Queue(maxsize=queued_batches)
     checked = [0]
@@ -561,15 +564,18 @@ def _write_safetensors(job: SafetensorsJob, options: Options, report: Report, pr
     report.dtype = _dtype_label(spec.dtype for spec in specs)
     on_bytes = progress(sum(spec.nbytes for spec in specs)) if progress else _quiet
     single_file = job.dst.suffix == ".safetensors"
-    with StagedOutput(job.dst, is_dir=not single_file, force=options.force) as staged:
+    with StagedOutput(job.dst, is_dir=not single_file, force=options.force, sync=options.sync) as staged:
         if single_file:
-            writer = st.ShardedWriter(specs, _metadata(report, job.config), single_file=staged.tmp)
+            writer = st.ShardedWriter(
+                specs, _metadata(report, job.config), single_file=staged.tmp, sync=options.sync
+            )
         else:
             writer = st.ShardedWriter(
                 specs,
                 _metadata(report, job.config),
                 directory=staged.tmp,
                 max_shard_bytes=options.max_shard_bytes,
+                sync=options.sync,
             )
         try:
             checked = stream_tensors(job.planned, job.batches, writer, on_bytes)
@@ -635,7 +641,7 @@ def _orbax_to_safetensors(src, dst, options, report, progress, log) -> Report:
         params = [n for n in names if kinds[n] is not Kind.ROPE_CACHE]
         # The reader starts now, so that the first batch arrives while the RoPE caches are checked. Each
         # tensor comes as the table's PyTorch view of it (`Kind.to_torch`), which the writer thread lays
-        # out in tiles: faster than tensorstore's transposing read, and off the reader's cores' path.
+        # out (`copy_into`): faster than tensorstore's transposing read, and off the reader's path.
         source = store.read_batches([infos[n] for n in params], options.batch_bytes)
         by_key = {infos[n].key: n for n in params}
         batches = (

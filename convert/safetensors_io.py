@@ -14,13 +14,15 @@ import json
 import math
 import os
 import struct
-import threading
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+
+from convert.blas_transpose import transpose_into
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -94,15 +96,18 @@ def copy_into(dst: np.ndarray, src: np.ndarray, block_bytes: int = 1 << 18) -> N
     """`dst[...] = src` (with a cast), in blocks that keep both sides in cache.
 
     `src` is often a transposed view; copied whole, numpy walks one side with a large stride and misses
-    the cache at every element. A transposed matrix (a Linear kernel) goes in tiles of 1024 rows by 16
-    columns, measured two to five times faster than numpy's own transposing copy on this project's
-    machines; anything else goes in slabs of a few hundred kB along the first axis.
+    the cache at every element. A transposed float32 matrix (a Linear kernel) goes through OpenBLAS
+    (`blas_transpose`, about 5 GB/s) when numpy's bundled one is there and the matrix holds no NaN;
+    otherwise in tiles of 1024 rows by 16 columns, measured two to five times faster than numpy's own
+    transposing copy on this project's machines. Anything else goes in slabs of a few hundred kB along
+    the first axis.
     """
     if dst.ndim == 0 or dst.shape[0] <= 1 or src.flags.c_contiguous:
         np.copyto(dst, src, casting="unsafe")
         return
     if src.ndim == 2 and src.strides[0] == src.itemsize:  # column-major: a transposed C array
-        _copy_tiles(dst, src)
+        if not transpose_into(dst, src):
+            _copy_tiles(dst, src)
         return
     row_bytes = max(1, dst[0].nbytes)
     step = max(1, block_bytes // row_bytes)
@@ -124,6 +129,10 @@ class StreamingWriter:
     any tensor is written. A tensor that needs a new layout or dtype is laid out in one reusable buffer
     and written with `pwrite`; mapping the output file instead was measured slower on ext4 (every first
     write to an allocated page converts an extent) and counts the whole file as resident memory.
+    Written data goes on to the disk while later tensors are converted (`_WriteThrough`).
+
+    The caller re-reads and checks each tensor before writing the next: from then on the writer may send
+    it to the disk and drop it from the page cache.
     """
 
     def __init__(
@@ -146,9 +155,9 @@ class StreamingWriter:
         self.size = offset
         self._next = 0
         self._buffer = np.empty(0, np.uint8)
-        self._flusher = _BackgroundFlush() if sync else None
         # Exclusive create: a writer never replaces a file; the caller picks a fresh temporary name.
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self._through = _WriteThrough(self._fd)
         try:
             _allocate(self._fd, self.size)
             _write_all(self._fd, memoryview(header), 0)
@@ -167,6 +176,8 @@ class StreamingWriter:
                 f"{self.path.name}: expected {spec.name} {list(spec.shape)} next, "
                 f"got {name} {list(array.shape)}"
             )
+        offset = self._offsets[name]
+        self._through.checked_up_to(offset)
         if array.dtype == spec.dtype and array.flags.c_contiguous:
             laid_out = array
         else:
@@ -175,9 +186,7 @@ class StreamingWriter:
             laid_out = self._buffer[: spec.nbytes].view(spec.dtype).reshape(spec.shape)
             copy_into(laid_out, array)
         # Through uint8: memoryview does not know bfloat16.
-        _write_all(self._fd, memoryview(laid_out.reshape(-1).view(np.uint8)), self._offsets[name])
-        if self._flusher is not None:
-            self._flusher.wrote(self._fd, spec.nbytes)
+        _write_all(self._fd, memoryview(laid_out.reshape(-1).view(np.uint8)), offset)
         self._next += 1
         return laid_out
 
@@ -192,10 +201,10 @@ class StreamingWriter:
     def close(self) -> None:
         """Close the file (synced to disk first if asked) and check its size."""
         try:
-            if self._flusher is not None:
-                self._flusher.wait()
-            if self.sync and self._fd >= 0:
-                os.fsync(self._fd)
+            if self._fd >= 0:
+                self._through.finish(self.size)
+                if self.sync:
+                    os.fsync(self._fd)
         finally:
             self.abort()
         if self.path.stat().st_size != self.size:
@@ -206,42 +215,76 @@ class StreamingWriter:
     def abort(self) -> None:
         """Close without syncing (the caller removes the file)."""
         self._buffer = np.empty(0, np.uint8)
-        if self._flusher is not None:
-            self._flusher.wait()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
 
-class _BackgroundFlush:
-    """With `sync`: sends written data to disk while later tensors are still being converted, so that the
-    final fsync finds less left to do."""
+class _WriteThrough:
+    """Sends a file's written bytes to the disk while it grows, and drops them from the page cache once
+    they are there and checked, keeping the last `KEEP` bytes. Linux only; elsewhere it does nothing.
 
-    EVERY_BYTES = 64 << 20
+    Why: left to the kernel, a 2 GB output becomes 2 GB of new page cache. On a virtual machine whose
+    free memory goes back to the host (a memory balloon, as on this project's CI machines), each new page
+    costs a fault on the host: writing 2 GB into a fresh page cache took 3 to 7 s of CPU there, against
+    1 s when the same few dozen megabytes of cache are reused. On any machine it keeps a multi-gigabyte
+    output from pushing other files out of the cache, and leaves no gigabytes of writeback for later.
+    The writer waits only when the disk falls more than `KEEP` behind it.
+    """
 
-    def __init__(self) -> None:
-        self._pending = 0
-        self._thread: threading.Thread | None = None
+    CHUNK = 16 << 20  # writeback is started per chunk: larger requests, fewer calls
+    KEEP = 64 << 20
 
-    def wrote(self, fd: int, nbytes: int) -> None:
-        self._pending += nbytes
-        if self._pending < self.EVERY_BYTES or (self._thread is not None and self._thread.is_alive()):
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.started = 0  # writeback started for [0, started)
+        self.dropped = 0  # on disk and out of the page cache: [0, dropped)
+        self.enabled = _sync_file_range is not None
+
+    def checked_up_to(self, offset: int) -> None:
+        """Everything before `offset` is written and checked."""
+        if not self.enabled or offset - self.started < self.CHUNK:
             return
-        self._pending = 0
-        self._thread = threading.Thread(target=_datasync_quietly, args=(fd,), daemon=True)
-        self._thread.start()
+        _sync_file_range(self.fd, self.started, offset - self.started, _SYNC_WRITE)
+        self.started = offset
+        while self.started - self.KEEP - self.dropped >= self.CHUNK:
+            _sync_file_range(self.fd, self.dropped, self.CHUNK, _SYNC_ON_DISK)
+            os.posix_fadvise(self.fd, self.dropped, self.CHUNK, os.POSIX_FADV_DONTNEED)
+            self.dropped += self.CHUNK
 
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+    def finish(self, size: int) -> None:
+        """Start writeback of the rest (kept in the page cache: the caller may still re-read it)."""
+        if self.enabled and size > self.started:
+            _sync_file_range(self.fd, self.started, size - self.started, _SYNC_WRITE)
+            self.started = size
 
 
-def _datasync_quietly(fd: int) -> None:
+_SYNC_WAIT_BEFORE, _SYNC_WRITE, _SYNC_WAIT_AFTER = 1, 2, 4  # <linux/fs.h> SYNC_FILE_RANGE_*
+_SYNC_ON_DISK = _SYNC_WAIT_BEFORE | _SYNC_WRITE | _SYNC_WAIT_AFTER
+
+
+def _libc_sync_file_range():
+    """`sync_file_range(2)` (which the os module lacks) as a function raising OSError, or None."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "posix_fadvise"):
+        return None
+    import ctypes
+
     try:
-        os.fdatasync(fd)
-    except OSError:  # the final fsync reports for real
-        pass
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+
+    def sync_file_range(fd: int, offset: int, nbytes: int, flags: int) -> None:
+        if function(fd, offset, nbytes, flags) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    return sync_file_range
+
+
+_sync_file_range = _libc_sync_file_range()
 
 
 def _allocate(fd: int, size: int) -> None:

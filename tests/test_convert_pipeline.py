@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -370,6 +372,29 @@ def test_torch_check_is_computed_in_a_child_then_cached(tmp_path, checkpoints, m
     assert checks[0].ok and "child process" in checks[0].detail
     assert checks[1].ok and "cached" in checks[1].detail
     assert len(list((tmp_path / "cache" / "torch-shapes").iterdir())) == 1
+
+
+def _fsynced_paths(monkeypatch) -> list[str]:
+    """Every path fsynced from now on (os.fsync still runs)."""
+    paths, real_fsync = [], os.fsync
+
+    def recording_fsync(fd):
+        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return paths
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names fsynced files through /proc")
+def test_sync_puts_the_weights_and_the_rename_on_disk(tmp_path, checkpoints, monkeypatch):
+    synced = _fsynced_paths(monkeypatch)
+    convert(checkpoints["model-only"], tmp_path / "plain.safetensors")
+    assert synced == []  # without --sync the kernel writes back when it likes
+    convert(checkpoints["model-only"], tmp_path / "out", Options(sync=True))
+    assert any(".out.dfc-tmp-" in p and p.endswith("model.safetensors") for p in synced)
+    assert any(p.endswith("config.json") for p in synced)
+    assert str(tmp_path / "out") in synced and str(tmp_path) in synced  # the entries and the rename
 
 
 def test_sync_and_where_the_output_may_go(tmp_path, checkpoints):

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
+from convert import blas_transpose
+from convert import safetensors_io as st_io
 from convert.safetensors_io import (
     INDEX_FILE,
     SafetensorsError,
@@ -89,8 +91,19 @@ def test_strided_sources_are_laid_out_and_cast(tmp_path):
     assert np.array_equal(SafetensorsReader(tmp_path / "w.safetensors").tensor("t"), source.T)
 
 
+@pytest.fixture(params=["openblas", "numpy tiles"])
+def transpose_path(request, monkeypatch):
+    """Run a test through each way a transposed float32 matrix can be copied."""
+    if request.param == "openblas":
+        if not blas_transpose.available():
+            pytest.skip("numpy here ships no OpenBLAS with somatcopy")
+    else:
+        monkeypatch.setattr(blas_transpose, "_somatcopy", lambda: None)
+    return request.param
+
+
 @pytest.mark.parametrize("shape", [(1, 7), (5, 1), (17, 1025), (2050, 33), (96, 1024)])
-def test_transposed_kernels_are_laid_out_exactly_at_every_tile_edge(shape):
+def test_transposed_kernels_are_laid_out_exactly_at_every_tile_edge(shape, transpose_path):
     source = np.random.default_rng(2).standard_normal(shape, dtype=np.float32)
     dst = np.empty(shape[::-1], np.float32)
     copy_into(dst, source.T)
@@ -100,6 +113,42 @@ def test_transposed_kernels_are_laid_out_exactly_at_every_tile_edge(shape):
     out = np.empty(view.shape, np.float32)
     copy_into(out, view, block_bytes=64)
     assert np.array_equal(out, np.ascontiguousarray(view))
+
+
+def _every_kind_of_float32(shape, nan: bool) -> np.ndarray:
+    """Random bit patterns: denormals, signed zeros, infinities, and quiet and signalling NaNs if asked."""
+    rng = np.random.default_rng(4)
+    bits = rng.integers(0, 2**32, size=shape, dtype=np.uint64).astype(np.uint32)
+    special = [0x00000001, 0x807FFFFF, 0x80000000, 0x00000000, 0x7F800000, 0xFF800000, 0x7F7FFFFF]
+    if nan:
+        special += [0x7F800001, 0xFFBFFFFF, 0x7FC00000, 0x7FA5A5A5]
+    else:  # clear the NaNs the random bits made: set their exponent to 254
+        is_nan = (bits & 0x7F800000) == 0x7F800000
+        bits[is_nan] &= 0xFF7FFFFF
+    bits.flat[: len(special)] = special
+    return bits.view(np.float32)
+
+
+@pytest.mark.parametrize("nan", [False, True], ids=["finite and infinite", "with NaNs"])
+def test_a_transposing_copy_keeps_every_bit(nan, transpose_path):
+    source = _every_kind_of_float32((300, 257), nan)
+    expected = np.ascontiguousarray(source.T).view(np.uint32)
+    dst = np.empty((257, 300), np.float32)
+    copy_into(dst, source.T)
+    assert np.array_equal(dst.view(np.uint32), expected)
+    # Strided on both sides: a kernel sliced out of a wider array, into a slice of a wider buffer.
+    wide = np.empty((257, 310), np.float32)
+    copy_into(wide[:, 5:305], np.concatenate([source, source], axis=1)[:, :257].T)
+    assert np.array_equal(wide[:, 5:305].view(np.uint32), expected)
+
+
+@pytest.mark.skipif(not blas_transpose.available(), reason="numpy here ships no OpenBLAS with somatcopy")
+def test_openblas_transposes_only_what_it_keeps_bit_for_bit():
+    dst = np.empty((257, 300), np.float32)
+    assert blas_transpose.transpose_into(dst, _every_kind_of_float32((300, 257), nan=False).T)
+    assert not blas_transpose.transpose_into(dst, _every_kind_of_float32((300, 257), nan=True).T)
+    assert not blas_transpose.transpose_into(dst.astype(BF16), np.ones((300, 257), BF16).T)  # float32 only
+    assert not blas_transpose.transpose_into(dst, np.ones((257, 300), np.float32))  # not a transpose
 
 
 def test_writes_must_follow_the_plan(tmp_path):
@@ -171,3 +220,57 @@ def test_damaged_files_are_named(tmp_path, damage, message):
     (tmp_path / "w.safetensors").write_bytes(damage((tmp_path / "w.safetensors").read_bytes()))
     with pytest.raises(SafetensorsError, match=message):
         read_header(tmp_path / "w.safetensors")
+
+
+def _cached_fraction(path) -> float:
+    """Share of the file's pages in the page cache, by mincore(2) on a fresh read-only mapping (mapping
+    alone reads nothing in)."""
+    import ctypes
+    import mmap
+    import os
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = os.path.getsize(path)
+    pages = -(-size // mmap.PAGESIZE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert address not in (None, ctypes.c_void_p(-1).value)
+        resident = (ctypes.c_ubyte * pages)()
+        try:
+            assert libc.mincore(address, size, resident) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            libc.munmap(address, size)
+    finally:
+        os.close(fd)
+    return sum(flag & 1 for flag in resident) / pages
+
+
+@pytest.mark.skipif(st_io._sync_file_range is None, reason="write-through needs Linux sync_file_range")
+def test_a_large_output_goes_to_disk_as_it_is_written_and_leaves_the_page_cache(tmp_path, monkeypatch):
+    # Scaled down: 1 MB chunks, the last 2 MB kept; the file is 24 MB of 48 tensors.
+    monkeypatch.setattr(st_io._WriteThrough, "CHUNK", 1 << 20)
+    monkeypatch.setattr(st_io._WriteThrough, "KEEP", 2 << 20)
+    rng = np.random.default_rng(3)
+    tensors = {f"layer{i}.weight": rng.standard_normal((256, 512), dtype=np.float32) for i in range(48)}
+    path = tmp_path / "big.safetensors"
+    writer = StreamingWriter(path, _specs(tensors), {"format": "pt"})
+    for name, array in tensors.items():
+        writer.write(name, array.T.T)  # as the converter writes: then re-read while still cached
+    writer.close()
+    assert _cached_fraction(path) < 0.25  # the 24 MB written kept only about the last 3 MB cached
+    reader = SafetensorsReader(path)
+    for name, array in tensors.items():  # and the dropped pages read back from the disk exactly
+        assert np.array_equal(reader.tensor(name), array)
+    assert _cached_fraction(path) > 0.99
