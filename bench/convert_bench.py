@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models", nargs="+", choices=sorted(CHECKPOINTS), default=sorted(CHECKPOINTS, reverse=True)
     )
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument(
         "--cache",
         type=Path,
@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measuring {kind} ...", file=sys.stderr)
         results[kind] = measure(kind, args.cache, args.repeat)
         print(json.dumps(results[kind], indent=2), file=sys.stderr)
-    command = "python -m bench.convert_bench" + (f" --repeat {args.repeat}" if args.repeat != 3 else "")
+    command = "python -m bench.convert_bench" + (f" --repeat {args.repeat}" if args.repeat != 5 else "")
     from bench.report import write_docs
 
     write_docs(render(results, info, command), args.docs, START, END)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import mmap
 import os
 import struct
 import sys
@@ -232,8 +233,10 @@ class _WriteThrough:
     The writer waits only when the disk falls more than `KEEP` behind it.
     """
 
-    CHUNK = 16 << 20  # writeback is started per chunk: larger requests, fewer calls
-    KEEP = 64 << 20
+    # Small: the first CHUNK + KEEP bytes are new page cache, everything after reuses them. Measured
+    # writing 2 GB here: 16 + 64 MB cost 0.8 s of CPU, 8 + 16 MB 0.55 s; the disk kept up with both.
+    CHUNK = 8 << 20  # writeback is started per chunk: larger requests, fewer calls
+    KEEP = 16 << 20
 
     def __init__(self, fd: int):
         self.fd = fd
@@ -353,6 +356,7 @@ class ShardedWriter:
         self._shard_of = {spec.name: i for i, shard in enumerate(self.shards) for spec in shard}
         self._writers: list[StreamingWriter | None] = [None] * len(self.shards)
         self._headers: dict[int, dict[str, StoredTensor]] = {}
+        self._readers: dict[int, int] = {}  # shard -> read-only descriptor for `re_read`
         self._current = -1
         self._open_next()
 
@@ -379,17 +383,28 @@ class ShardedWriter:
         shard = self._shard_of[name]
         if shard not in self._headers:
             self._headers[shard] = read_header(self.paths[shard])[0]
+            self._readers[shard] = os.open(self.paths[shard], os.O_RDONLY)
         stored = self._headers[shard][name]
         if stored.nbytes == 0:
             return np.empty(stored.shape, stored.dtype)
-        return np.memmap(
-            self.paths[shard], dtype=stored.dtype, mode="r", offset=stored.begin, shape=stored.shape
+        # mmap on a kept descriptor, not np.memmap: that reopens the file, 120 us a tensor.
+        start = stored.begin - stored.begin % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(
+            self._readers[shard], stored.begin + stored.nbytes - start, prot=mmap.PROT_READ, offset=start
         )
+        flat = np.frombuffer(mapped, np.uint8, stored.nbytes, stored.begin - start)
+        return flat.view(stored.dtype).reshape(stored.shape)
+
+    def _forget_readers(self) -> None:
+        self._headers.clear()
+        for fd in self._readers.values():
+            os.close(fd)
+        self._readers.clear()
 
     def close(self) -> list[Path]:
         """Sync and close every shard, write the index; returns every file written."""
         unfinished = [w for w in self._writers if w is None or not w.complete]
-        self._headers.clear()
+        self._forget_readers()
         for writer in self._writers:
             if writer is not None and not writer.closed:
                 writer.close()
@@ -407,7 +422,7 @@ class ShardedWriter:
         return files
 
     def abort(self) -> None:
-        self._headers.clear()
+        self._forget_readers()
         for writer in self._writers:
             if writer is not None:
                 writer.abort()
