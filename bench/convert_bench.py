@@ -14,9 +14,9 @@ each in a fresh child process:
 
 Peak memory is the child's own peak resident set (`VmHWM`); the tree column adds its children (the
 torch_impl shape check), sampled every 10 ms. Wall time is the whole child process, interpreter start
-included; each figure is the median of `--repeat` runs after one warm-up read, so both sides read from
-the page cache. Results go to docs/BENCHMARKS.md (between the convert-bench markers) and to the
-`convert` key of bench.json.
+included; each figure is the median of `--repeat` runs, interleaved (read, convert, write, again), after
+one warm-up read, so both sides read from the page cache. Results go to docs/BENCHMARKS.md (between the
+convert-bench markers) and to the `convert` key of bench.json.
 """
 
 from __future__ import annotations
@@ -241,21 +241,20 @@ def measure(kind: str, cache: Path, repeat: int) -> dict:
 
     try:
         floor = _run_child(["floor"])
-        _run_child(["read", str(src)])  # warm the page cache: both sides then read from memory
-        reads, laid_out = [], []
-        for _ in range(repeat):
+        first = _run_child(["read", str(src)])  # warms the page cache: every run then reads from memory
+        cold = convert("cold")  # the torch_impl shape cache is empty: its child runs
+        reads, laid_out, converts, writes, plain_writes = [], [], [], [], []
+        # Interleaved, so that every kind of run sees the same machine (this one is shared and noisy).
+        for i in range(repeat):
             _settled()
             reads.append(_run_child(["read", str(src)]))
             laid_out.append(_run_child(["read", str(src), "layout"]))
-        writes, plain_writes = [], []
-        for i in range(repeat):  # alternating, so that both see the same machine
+            converts.append(convert(f"run{i}"))
             for runs, flags in ((writes, []), (plain_writes, ["plain"])):
                 _settled()
                 path = scratch / f"write{i}"
-                runs.append(_run_child(["write", str(path), str(reads[0]["bytes"]), *flags]))
+                runs.append(_run_child(["write", str(path), str(first["bytes"]), *flags]))
                 path.unlink()
-        cold = convert("cold")  # the torch_impl shape cache is empty: its child runs
-        converts = [convert(f"run{i}") for i in range(repeat)]
         synced = convert("synced", "sync")
         written = converts[0]["written"]
     finally:
