@@ -248,18 +248,32 @@ class _WriteThrough:
         """Everything before `offset` is written and checked."""
         if not self.enabled or offset - self.started < self.CHUNK:
             return
-        _sync_file_range(self.fd, self.started, offset - self.started, _SYNC_WRITE)
+        if not self._sync(self.started, offset - self.started, _SYNC_WRITE):
+            return
         self.started = offset
         while self.started - self.KEEP - self.dropped >= self.CHUNK:
-            _sync_file_range(self.fd, self.dropped, self.CHUNK, _SYNC_ON_DISK)
+            if not self._sync(self.dropped, self.CHUNK, _SYNC_ON_DISK):
+                return
             os.posix_fadvise(self.fd, self.dropped, self.CHUNK, os.POSIX_FADV_DONTNEED)
             self.dropped += self.CHUNK
 
     def finish(self, size: int) -> None:
         """Start writeback of the rest (kept in the page cache: the caller may still re-read it)."""
         if self.enabled and size > self.started:
-            _sync_file_range(self.fd, self.started, size - self.started, _SYNC_WRITE)
-            self.started = size
+            if self._sync(self.started, size - self.started, _SYNC_WRITE):
+                self.started = size
+
+    def _sync(self, offset: int, nbytes: int, flags: int) -> bool:
+        """False, and off from now on, where the file system cannot do it (the kernel writes back as
+        usual then); a failed write (EIO, ENOSPC) is raised."""
+        try:
+            _sync_file_range(self.fd, offset, nbytes, flags)
+            return True
+        except OSError as err:
+            if err.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ESPIPE):
+                raise
+            self.enabled = False
+            return False
 
 
 _SYNC_WAIT_BEFORE, _SYNC_WRITE, _SYNC_WAIT_AFTER = 1, 2, 4  # <linux/fs.h> SYNC_FILE_RANGE_*

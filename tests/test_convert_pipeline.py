@@ -339,6 +339,17 @@ def test_full_disk_leaves_nothing(tmp_path, checkpoints, monkeypatch):
     _fails(tmp_path, checkpoints["flax-0.10"], "no space left on device while writing")
 
 
+def test_a_disk_error_while_writing_back_leaves_nothing(tmp_path, checkpoints, monkeypatch):
+    from convert import safetensors_io
+
+    def failing(fd, offset, nbytes, flags):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(safetensors_io, "_sync_file_range", failing)
+    monkeypatch.setattr(safetensors_io._WriteThrough, "CHUNK", 1 << 10)
+    _fails(tmp_path, checkpoints["flax-0.10"], "Input/output error")
+
+
 def test_interrupt_leaves_nothing(tmp_path, checkpoints, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import struct
 
@@ -274,3 +275,32 @@ def test_a_large_output_goes_to_disk_as_it_is_written_and_leaves_the_page_cache(
     for name, array in tensors.items():  # and the dropped pages read back from the disk exactly
         assert np.array_equal(reader.tensor(name), array)
     assert _cached_fraction(path) > 0.99
+
+
+def test_a_file_system_without_sync_file_range_still_gets_the_whole_file(tmp_path, monkeypatch):
+    def unsupported(fd, offset, nbytes, flags):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(st_io, "_sync_file_range", unsupported)
+    monkeypatch.setattr(st_io._WriteThrough, "CHUNK", 1 << 10)
+    tensors = {f"t{i}": np.full((64, 64), i, np.float32) for i in range(8)}
+    writer = StreamingWriter(tmp_path / "w.safetensors", _specs(tensors), None)
+    for name, array in tensors.items():
+        writer.write(name, array)
+    writer.close()
+    reader = SafetensorsReader(tmp_path / "w.safetensors")
+    assert all(np.array_equal(reader.tensor(name), array) for name, array in tensors.items())
+
+
+def test_a_failing_disk_is_reported_not_skipped(tmp_path, monkeypatch):
+    def failing(fd, offset, nbytes, flags):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(st_io, "_sync_file_range", failing)
+    monkeypatch.setattr(st_io._WriteThrough, "CHUNK", 1 << 10)
+    tensors = {f"t{i}": np.full((64, 64), i, np.float32) for i in range(8)}
+    writer = StreamingWriter(tmp_path / "w.safetensors", _specs(tensors), None)
+    with pytest.raises(OSError, match="Input/output error"):
+        for name, array in tensors.items():
+            writer.write(name, array)
+    writer.abort()
