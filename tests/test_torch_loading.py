@@ -134,9 +134,12 @@ def test_config_inferred_from_shapes(name, infer):
     assert infer(state) == dataclasses.replace(PRESETS[name], max_temporal_len=64)
 
 
-def test_inference_on_the_wrong_model_names_the_missing_key(tiny_dit):
-    with pytest.raises(WeightsError, match=r"encoder\.patch_embedding\.linear\.weight"):
+def test_inference_on_the_wrong_model_says_which_model_it_is(tiny_dit):
+    with pytest.raises(WeightsError, match=r"VAE configuration: this state dict looks like a DiT"):
         infer_vae_config(tiny_dit.state_dict())
+    state = {**tiny_dit.state_dict(), "extra.thing": torch.zeros(3)}
+    with pytest.raises(WeightsError, match=r"cannot infer the DiT configuration: extra\.thing: no rule"):
+        infer_dit_config(state)
 
 
 def _populate_hub_cache(cache, filename: str, state: dict) -> None:

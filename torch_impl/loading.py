@@ -17,7 +17,6 @@ assigned in place (no second copy), the RoPE caches are computed, and the precis
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -115,91 +114,41 @@ def check_state_shapes(
 # --- configuration from shapes -----------------------------------------------------------------------
 
 
-class _Shapes:
-    """Shape lookups that fail with a WeightsError naming the key the inference needed."""
-
-    def __init__(self, state: Mapping[str, Any], model_type: str) -> None:
-        self.state, self.model_type = state, model_type
-
-    def __call__(self, key: str, axis: int) -> int:
-        if key not in self.state:
-            raise WeightsError(
-                f"cannot infer the {self.model_type.upper()} configuration: {key} is missing "
-                f"(is this a {self.model_type.upper()} weight file?); pass config= explicitly",
-                missing=[key],
-            )
-        return _shape(self.state[key])[axis]
-
-    def count(self, prefix: str) -> int:
-        """Entries of the ModuleList at `prefix`: 1 + the largest index seen."""
-        pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
-        found = [int(m.group(1)) for key in self.state if (m := pattern.match(key))]
-        return max(found) + 1 if found else 0
-
-
-def _attention_widths(shape: _Shapes, block: str) -> dict[str, int]:
-    qkv = shape(f"{block}.SpatialAttention.qkv_projection.weight", 0) // 3
-    head_dim = shape(f"{block}.SpatialAttention.q_norm.weight", 0)
-    return {
-        "qkv_features": qkv,
-        "num_heads": qkv // head_dim,
-        "mlp_dim": shape(f"{block}.SpatialMLP.linear1.weight", 0),
-    }
-
-
-def _make(cls: type, fields: dict[str, int]) -> Any:
-    try:
-        return cls(**fields)
-    except ValueError as err:
-        raise WeightsError(f"the tensor shapes give an invalid configuration: {err}; pass config=") from err
-
-
 def infer_vae_config(state: Mapping[str, Any]) -> VAEConfig:
     """The VAEConfig whose model has these shapes; `max_temporal_len` is the published default."""
-    shape = _Shapes(state, "vae")
-    patch_dim = shape("encoder.patch_embedding.linear.weight", 0)
-    latent_dim = shape("encoder.spatial_compression.weight", 0)
-    channels = shape("decoder.patch_unembedding.downsample.weight", 0)
-    patch_size = math.isqrt(patch_dim // channels)
-    patches = shape("encoder.selection_layer2.weight", 1)
-    grid = math.isqrt(patches)
-    if patch_size * patch_size * channels != patch_dim or grid * grid != patches:
-        raise WeightsError(
-            f"cannot infer height/width/patch_size from patch dim {patch_dim}, {channels} channels and "
-            f"{patches} patches per frame (non-square?); pass config="
-        )
-    return _make(
-        VAEConfig,
-        {
-            "height": grid * patch_size,
-            "width": grid * patch_size,
-            "channels": channels,
-            "patch_size": patch_size,
-            "encoder_depth": shape.count("encoder.layers"),
-            "decoder_depth": shape.count("decoder.layers"),
-            **_attention_widths(shape, "encoder.layers.0"),
-            "spatial_compression_rate": patch_dim // latent_dim,
-            "unembedding_upsample_rate": shape("decoder.patch_unembedding.downsample.weight", 1) // channels,
-            "unet_base_features": shape("decoder.unet.encoders.0.conv1.conv.weight", 0),
-            "unet_num_levels": shape.count("decoder.unet.encoders"),
-            "unet_temporal_kernel": shape("decoder.unet.patch_mixer.weight", 2),
-        },
-    )
+    return _infer("vae", state)
 
 
 def infer_dit_config(state: Mapping[str, Any]) -> DiTConfig:
     """The DiTConfig whose model has these shapes; `max_temporal_len` is the published default."""
-    shape = _Shapes(state, "dit")
-    return _make(
-        DiTConfig,
-        {
-            "hw": shape("spacing_pred2.weight", 1),
-            "residual_dim": shape("up_proj.weight", 0),
-            "compressed_channel_dim": shape("up_proj.weight", 1),
-            "depth": shape.count("layers"),
-            **_attention_widths(shape, "layers.0"),
-        },
-    )
+    return _infer("dit", state)
+
+
+def _infer(model_type: str, state: Mapping[str, Any]) -> Any:
+    """Through the converter's tables (`convert.infer`), the one statement of which axis of which
+    tensor is which config field; its messages name Flax tensors, so they are said to be."""
+    from convert.infer import ConfigMismatch, detect_model_type, flax_shapes, infer_config
+    from convert.tables import TABLES
+
+    names = {"vae": "VAE", "dit": "DiT"}
+    what = names[model_type]
+    try:
+        shapes = flax_shapes(TABLES[model_type], {key: _shape(value) for key, value in state.items()})
+    except KeyError as err:  # a key no rule of this model's table knows
+        raise WeightsError(
+            f"cannot infer the {what} configuration: {err.args[0]} (is this a {what} weight file?); "
+            "pass config= explicitly"
+        ) from None
+    found = detect_model_type(shapes)
+    if found != model_type:
+        other = f"looks like a {names[found]}" if found else "is neither a VAE nor a DiT"
+        raise WeightsError(
+            f"cannot infer the {what} configuration: this state dict {other}; pass config= explicitly"
+        )
+    try:
+        return infer_config(model_type, shapes).config
+    except ConfigMismatch as err:
+        raise WeightsError(f"{err} (Flax names; pass config= explicitly)") from None
 
 
 _INFER = {"vae": infer_vae_config, "dit": infer_dit_config}
