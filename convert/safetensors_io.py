@@ -230,7 +230,8 @@ class _WriteThrough:
     costs a fault on the host: writing 2 GB into a fresh page cache took 3 to 7 s of CPU there, against
     1 s when the same few dozen megabytes of cache are reused. On any machine it keeps a multi-gigabyte
     output from pushing other files out of the cache, and leaves no gigabytes of writeback for later.
-    The writer waits only when the disk falls more than `KEEP` behind it.
+    The writer waits only when the disk falls more than `KEEP` behind it: on a disk slower than the
+    conversion, the conversion goes at the disk's speed, and ends with the data on the disk.
     """
 
     # Small: the first CHUNK + KEEP bytes are new page cache, everything after reuses them. Measured
