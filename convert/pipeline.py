@@ -70,7 +70,8 @@ class Options:
     step: int | None = None
     force: bool = False
     verify_forward: bool = False
-    # fsync the output before renaming it into place: survives a power cut, costs the disk's write time
+    # fsync the output and its directory before the rename: survives a power cut (the weights are mostly
+    # on the disk already, written through as they go: `safetensors_io._WriteThrough`)
     # (the rename alone already guarantees that a failed conversion leaves nothing).
     sync: bool = False
     max_shard_bytes: int = st.DEFAULT_MAX_SHARD_BYTES

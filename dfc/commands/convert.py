@@ -57,8 +57,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sync",
         action="store_true",
-        help="fsync the output before it is renamed into place, so it survives a power cut (costs the "
-        "disk's write time; without it a failed conversion still leaves nothing behind)",
+        help="fsync the output and its directory before the rename, so it survives a power cut (the "
+        "data is mostly on the disk already: it is written through as the conversion goes; without "
+        "--sync a failed conversion still leaves nothing behind)",
     )
     parser.add_argument(
         "--verify-forward",
