@@ -71,8 +71,8 @@ class Options:
     force: bool = False
     verify_forward: bool = False
     # fsync the output and its directory before the rename: survives a power cut (the weights are mostly
-    # on the disk already, written through as they go: `safetensors_io._WriteThrough`)
-    # (the rename alone already guarantees that a failed conversion leaves nothing).
+    # on the disk already, written through as they go: `safetensors_io._WriteThrough`). Without it a
+    # failed conversion still leaves nothing: that is the rename's doing.
     sync: bool = False
     max_shard_bytes: int = st.DEFAULT_MAX_SHARD_BYTES
     batch_bytes: int = DEFAULT_BATCH_BYTES
