@@ -268,7 +268,7 @@ def test_a_large_output_goes_to_disk_as_it_is_written_and_leaves_the_page_cache(
     path = tmp_path / "big.safetensors"
     writer = StreamingWriter(path, _specs(tensors), {"format": "pt"})
     for name, array in tensors.items():
-        writer.write(name, array.T.T)  # as the converter writes: then re-read while still cached
+        writer.write(name, array)
     writer.close()
     assert _cached_fraction(path) < 0.25  # the 24 MB written kept only about the last 3 MB cached
     reader = SafetensorsReader(path)
@@ -277,24 +277,16 @@ def test_a_large_output_goes_to_disk_as_it_is_written_and_leaves_the_page_cache(
     assert _cached_fraction(path) > 0.99
 
 
-@pytest.mark.parametrize(
-    "code", [errno.EINVAL, errno.EIO], ids=["file system without sync_file_range", "failing disk"]
-)
-def test_write_through_steps_aside_where_unsupported_and_reports_a_failing_disk(tmp_path, monkeypatch, code):
-    def sync_file_range(fd, offset, nbytes, flags):
-        raise OSError(code, os.strerror(code))
+def test_a_file_system_without_sync_file_range_still_gets_the_whole_file(tmp_path, monkeypatch):
+    # (A failing disk, EIO, is raised instead: test_convert_pipeline checks what the user then sees.)
+    def unsupported(fd, offset, nbytes, flags):
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
 
-    monkeypatch.setattr(st_io, "_sync_file_range", sync_file_range)
+    monkeypatch.setattr(st_io, "_sync_file_range", unsupported)
     monkeypatch.setattr(st_io._WriteThrough, "CHUNK", 1 << 10)
     tensors = {f"t{i}": np.full((64, 64), i, np.float32) for i in range(8)}
     writer = StreamingWriter(tmp_path / "w.safetensors", _specs(tensors), None)
-    if code == errno.EIO:
-        with pytest.raises(OSError, match="Input/output error"):
-            for name, array in tensors.items():
-                writer.write(name, array)
-        writer.abort()
-        return
-    for name, array in tensors.items():  # the kernel writes back as usual: the whole file is there
+    for name, array in tensors.items():  # the kernel writes back as usual
         writer.write(name, array)
     writer.close()
     reader = SafetensorsReader(tmp_path / "w.safetensors")
