@@ -127,9 +127,7 @@ def dit_rows(cfg, frames: int, precisions: list[str], target_s: float, full_torc
     key_mask = mask[:, None, None, :]
     torch.manual_seed(0)
     tdit = torch_impl.VideoDiT(cfg).eval() if full_torch else None
-    tblock = torch_impl.FactoredAttention(
-        cfg.residual_dim, cfg.num_heads, cfg.qkv_features, cfg.mlp_dim, cfg.max_temporal_len, cfg.hw
-    ).eval()
+    tblock = torch_impl.FactoredAttention(**cfg.block_kwargs()).eval()
     rows: list[dict] = []
     jblocks: dict[str, object] = {}
     step = nnx.jit(lambda blk, x, m: blk(x, m))
@@ -137,12 +135,7 @@ def dit_rows(cfg, frames: int, precisions: list[str], target_s: float, full_torc
         jdt = JAX_DTYPE[precision]
         if jdt not in jblocks:
             jblocks[jdt] = jax_ref.FactoredAttention(
-                cfg.residual_dim,
-                cfg.num_heads,
-                cfg.qkv_features,
-                cfg.mlp_dim,
-                cfg.max_temporal_len,
-                cfg.hw,
+                **cfg.block_kwargs(),
                 rngs=nnx.Rngs(0),
                 dtype=_jnp_dtype(precision),
                 param_dtype=jnp.float32,

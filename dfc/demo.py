@@ -226,11 +226,11 @@ def run_demo(options: DemoOptions) -> DemoSummary:
 def _compress_and_decompress(
     options: DemoOptions, weights: str, input_path: Path, clip, summary, phases
 ) -> None:
+    from dfc.codec import compress_video, decompress_video
     from dfc.container import read_container, size_report, write_container
     from dfc.figures import side_by_side
     from dfc.models import load_model
     from dfc.video import write_video
-    from torch_impl.codec import compress_video, decompress_video
 
     out = options.out
     phases.start("load", "loading the converted weights into torch_impl")

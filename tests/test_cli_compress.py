@@ -104,7 +104,7 @@ def test_top_k_keeps_the_k_most_probable_frames_of_each_clip_in_time_order(files
 
 def test_bernoulli_draws_depend_on_the_seed_and_clip_not_on_how_clips_are_batched(files):
     import torch_impl
-    from torch_impl.codec import compress_video
+    from dfc.codec import compress_video
 
     vae = torch_impl.load_vae(files["weights"])
     runs = [
