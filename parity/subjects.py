@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.config import DiTConfig, VAEConfig
-from convert.tables import DIT_TABLE, VAE_TABLE, Table
+from common.tables import DIT_TABLE, VAE_TABLE, Table
 
 # torch_impl's UNet runs its convolutions on (B, C, T, H, W); its own input and output are channels last.
 VAE_CHANNELS_FIRST = ("*unet.*",)

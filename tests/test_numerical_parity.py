@@ -21,7 +21,8 @@ from flax import nnx
 import jax_ref
 import torch_impl
 from common import load_config
-from convert.tables import TABLES, flax_to_torch
+from common.tables import TABLES
+from convert.tables import flax_to_torch
 from jax_ref.params import randomize, state_to_flat
 from parity.tolerance import FP32_REL_MAX
 

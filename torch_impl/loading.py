@@ -35,6 +35,7 @@ from torch import nn
 from common.config import DiTConfig, VAEConfig, load_config
 from common.hub import DEFAULT_REPO, HUB_FILENAMES
 from common.precision import Precision
+from common.torch_file import TorchFileError, read_torch_state
 from torch_impl.dit import VideoDiT
 from torch_impl.layers import ROPE
 from torch_impl.precision import apply_precision
@@ -130,10 +131,10 @@ def infer_dit_config(state: Mapping[str, Any]) -> DiTConfig:
 
 
 def _infer(model_type: str, state: Mapping[str, Any]) -> Any:
-    """Through the converter's tables (`convert.infer`), the one statement of which axis of which
+    """Through the model tables (`common.infer`), the one statement of which axis of which
     tensor is which config field; its messages name Flax tensors, so they are said to be."""
-    from convert.infer import ConfigMismatch, detect_model_type, flax_shapes, infer_config
-    from convert.tables import TABLES
+    from common.infer import ConfigMismatch, detect_model_type, flax_shapes, infer_config
+    from common.tables import TABLES
 
     names = {"vae": "VAE", "dit": "DiT"}
     what = names[model_type]
@@ -276,18 +277,10 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(path)
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # files from the pre-zip torch.save format cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch file, or one that pickles more than tensors
-        raise WeightsError(f"{path}: not a readable PyTorch state dict: {err}") from err
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(
-            f"{path}: expected a plain state dict (names -> tensors), got {type(state).__name__}"
-        )
-    return dict(state)
+    try:  # weights_only, memory-mapped where the format allows: the one legacy .pt reader
+        return read_torch_state(path)
+    except TorchFileError as err:
+        raise WeightsError(str(err)) from None
 
 
 def read_state_dict(files: Sequence[Path]) -> dict[str, torch.Tensor]:

@@ -77,7 +77,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convert.pipeline import ConvertError, Options, convert
+    from convert.options import ConvertError, Options
+    from dfc.convert_checks import convert
 
     options = Options(
         model=args.model,
