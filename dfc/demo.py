@@ -227,7 +227,8 @@ def _compress_and_decompress(
     options: DemoOptions, weights: str, input_path: Path, clip, summary, phases
 ) -> None:
     from dfc.codec import compress_video, decompress_video
-    from dfc.container import read_container, size_report, write_container
+    from dfc.container import read_container, write_container
+    from dfc.container_report import size_report
     from dfc.figures import side_by_side
     from dfc.models import load_model
     from dfc.video import write_video

@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     del frames  # the full-resolution copy is no longer needed; long videos are large
 
     from dfc.codec import compress_fitted
-    from dfc.container import quantization_effect, size_report, write_container
+    from dfc.container import write_container
+    from dfc.container_report import quantization_effect, size_report
 
     cv = compress_fitted(
         vae,
