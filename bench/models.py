@@ -52,7 +52,7 @@ def _log(msg: str) -> None:
 def vae_rows(
     cfg, frames_list: list[int], precisions: list[str], ops: list[str], target_s: float
 ) -> list[dict]:
-    """VAE encode/decode, torch_impl (eager) beside jax_ref's jitted `_encode`/`_decode` (whole model)."""
+    """VAE encode/decode, torch_impl (eager) beside jax_ref's jitted whole-model encode/decode."""
     import jax
     import jax.numpy as jnp
     import torch
@@ -60,7 +60,7 @@ def vae_rows(
 
     import jax_ref
     import torch_impl
-    from jax_ref.vae import _decode, _encode
+    from jax_ref.vae import jitted_decode, jitted_encode
 
     torch.manual_seed(0)
     tmodel = torch_impl.VideoVAE(cfg).eval()
@@ -87,11 +87,13 @@ def vae_rows(
             for op in ops:
                 if op == "encode":
                     t_fn = lambda tv=tv, tm=tm: tmodel.encoder(tv, tm)  # noqa: E731
-                    j_fn = lambda e=jmodel.encoder, jv=jv, jm=jm: jax.block_until_ready(_encode(e, jv, jm))  # noqa: E731
+                    enc = jmodel.encoder
+                    j_fn = lambda e=enc, jv=jv, jm=jm: jax.block_until_ready(jitted_encode(e, jv, jm))  # noqa: E731
                     flop = flops.vae_encode(cfg, frames)["total"]
                 else:
                     t_fn = lambda tl=tl, tm=tm: tmodel.decoder(tl, tm)  # noqa: E731
-                    j_fn = lambda d=jmodel.decoder, jl=jl, jm=jm: jax.block_until_ready(_decode(d, jl, jm))  # noqa: E731
+                    dec = jmodel.decoder
+                    j_fn = lambda d=dec, jl=jl, jm=jm: jax.block_until_ready(jitted_decode(d, jl, jm))  # noqa: E731
                     flop = flops.vae_decode(cfg, frames)["total"]
                 _log(f"vae {op} {frames} frames {precision}: torch")
                 with torch.inference_mode():

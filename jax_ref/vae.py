@@ -124,12 +124,12 @@ class Decoder(nnx.Module):
 # compiles every primitive separately: slower on a CPU than the whole graph). Encoder and Decoder
 # themselves stay eager, layer by layer, for the parity suite. Both compose with jax.grad and jax.jit.
 @nnx.jit
-def _encode(encoder: Encoder, video: jax.Array, mask: jax.Array):
+def jitted_encode(encoder: Encoder, video: jax.Array, mask: jax.Array):
     return encoder(video, mask)
 
 
 @nnx.jit
-def _decode(decoder: Decoder, latent: jax.Array, mask: jax.Array):
+def jitted_decode(decoder: Decoder, latent: jax.Array, mask: jax.Array):
     return decoder(latent, mask)
 
 
@@ -167,7 +167,7 @@ class VideoVAE(nnx.Module):
         straight-through gradient to `selection`.
         """
         latent_key, keep_key = jax.random.split(key)
-        mean, variance, selection = _encode(self.encoder, video, mask)
+        mean, variance, selection = jitted_encode(self.encoder, video, mask)
         # drawn flat: XLA:CPU compiles a 4-D threefry draw many times slower than a 1-D one
         noise = (
             jax.random.normal(latent_key, (mean.size,), jnp.float32).reshape(mean.shape).astype(mean.dtype)
@@ -179,7 +179,7 @@ class VideoVAE(nnx.Module):
         kept = keep[..., None].astype(latent.dtype)  # (B, T, 1, 1) against (B, T, P, L)
         dropped_latent = kept * latent + (1 - kept) * fill
         return {
-            "reconstruction": _decode(self.decoder, dropped_latent, mask),
+            "reconstruction": jitted_decode(self.decoder, dropped_latent, mask),
             "mean": mean,
             "variance": variance,
             "latent": latent,
@@ -203,7 +203,7 @@ class VideoVAE(nnx.Module):
         """
         b, t = video.shape[:2]
         mask = jnp.ones((b, t), bool) if mask is None else frame_mask(mask, b, t)
-        mean, _, selection = _encode(self.encoder, video, mask)
+        mean, _, selection = jitted_encode(self.encoder, video, mask)
         keep = select_frames(selection[..., 0], mask, mode, k=k, noise=noise)
         kept, gaps, kept_valid = pack_kept(mean, keep)
         return Compressed(kept, gaps, kept_valid, t)
@@ -212,4 +212,4 @@ class VideoVAE(nnx.Module):
         """-> video `(B, num_frames, H, W, C)`; every slot is decoded (all-True mask)."""
         kept, gaps, kept_valid, num_frames = compressed
         latent = place_kept(kept, gaps, kept_valid, int(num_frames), get_value(self.fill_token))
-        return _decode(self.decoder, latent, jnp.ones(latent.shape[:2], bool))
+        return jitted_decode(self.decoder, latent, jnp.ones(latent.shape[:2], bool))

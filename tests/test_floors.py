@@ -165,3 +165,19 @@ def test_each_way_of_reaching_a_module_against_the_floors_is_reported(
     )
     (reported,) = violations()
     assert reported.startswith("torch_impl/example.py:") and expected in reported, reported
+
+
+def test_no_module_imports_a_private_name_of_another():
+    """`from pkg.mod import _helper` couples to what `mod` keeps to itself: make it public, or move it."""
+    bad = []
+    for package in FLOORS:
+        for path in sorted((REPO / package).rglob("*.py")):
+            own = ".".join(path.relative_to(REPO).with_suffix("").parts)
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and not node.level and node.module != own:
+                    bad += [
+                        f"{path.relative_to(REPO)}:{node.lineno} -> {node.module}.{alias.name}"
+                        for alias in node.names
+                        if alias.name.startswith("_") and not alias.name.startswith("__")
+                    ]
+    assert not bad, "\n".join(bad)
