@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import DiTConfig, VAEConfig
 from convert import safetensors_io as st
 
 DEFAULT_BATCH_BYTES = 32 << 20
@@ -22,7 +21,7 @@ class ConvertError(Exception):
 
 @dataclass
 class Options:
-    model: str | None = None  # a table of `common.tables.TABLES` ("vae" | "dit"); detected when None
+    model: str | None = None  # a key of `common.tables.TABLES`; detected when None
     config: str | None = None  # preset name, JSON file or directory with config.json
     dtype: str | None = None  # "float32" | "bfloat16"; None keeps every bit
     step: int | None = None
@@ -52,7 +51,7 @@ class Report:
     layout: str = ""
     step: int | None = None
     model_type: str = ""
-    config: VAEConfig | DiTConfig | None = None
+    config: object | None = None  # the model's configuration dataclass (`common.config`)
     config_source: str = ""
     assumed: dict[str, str] = field(default_factory=dict)
     dtype: str = ""

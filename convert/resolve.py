@@ -12,7 +12,7 @@ import numpy as np
 from common.config import load_config
 from common.infer import ConfigMismatch, check_config, detect_model_type, flax_shapes, infer_config
 from common.kinds import Kind
-from common.tables import INFERENCE, TABLES, Table
+from common.tables import INFERENCE, TABLES, Table, which_models
 from convert import safetensors_io as st
 from convert.options import DTYPES, ConvertError, Report
 
@@ -23,12 +23,13 @@ def model_type(requested: str | None, names: Iterable[str]) -> str:
     detected = detect_model_type(names)
     if requested is None:
         if detected is None:
-            raise ConvertError("cannot tell whether this is a VAE or a DiT checkpoint; pass --model vae|dit")
+            models, flags = which_models()
+            raise ConvertError(f"cannot tell whether this is {models} checkpoint; pass --model {flags}")
         return detected
     if detected != requested:
         marker = INFERENCE[requested].marker
         raise ConvertError(
-            f"--model {requested}, but the checkpoint has no {marker} (is it a {requested.upper()}?)"
+            f"--model {requested}, but the checkpoint has no {marker} (is it a {TABLES[requested].name}?)"
         )
     return requested
 
@@ -45,10 +46,11 @@ def torch_named_model(requested: str | None, shapes: Mapping[str, tuple]) -> tup
             return candidate, flax
     if requested:
         raise ConvertError(
-            f"--model {requested}, but the tensors do not form a {requested.upper()} "
+            f"--model {requested}, but the tensors do not form a {TABLES[requested].name} "
             f"(no {INFERENCE[requested].marker} in PyTorch naming, or a name no rule matches)"
         )
-    raise ConvertError("cannot tell whether these tensors are a VAE or a DiT; pass --model vae|dit")
+    models, flags = which_models()
+    raise ConvertError(f"cannot tell whether these tensors are {models}; pass --model {flags}")
 
 
 def resolve_config(kind: str, shapes: Mapping[str, tuple], given: str | None, report: Report):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import DiTConfig, VAEConfig, config_to_json
+from common.config import config_to_json
 from common.kinds import Kind
 from common.tables import ROPE_DROP_REASON, TABLES
 from convert import layout, resolve
@@ -64,7 +64,7 @@ class SafetensorsJob:
     """Everything `write_safetensors` needs: the plan, the source batches and the pending checks."""
 
     dst: Path
-    config: VAEConfig | DiTConfig
+    config: object  # the model's configuration dataclass
     planned: dict[str, Planned]
     batches: Iterable[list[tuple[str, np.ndarray]]]
     checks: Checks

@@ -13,6 +13,12 @@ from common.tables.vae import VAE_INFERENCE, VAE_TABLE
 TABLES: dict[str, Table] = {"vae": VAE_TABLE, "dit": DIT_TABLE}
 INFERENCE: dict[str, InferenceTable] = {"vae": VAE_INFERENCE, "dit": DIT_INFERENCE}
 
+
+def which_models() -> tuple[str, str]:
+    """For messages: ("a VAE or a DiT", "vae|dit")."""
+    return " or a ".join(t.name for t in TABLES.values()), "|".join(TABLES)
+
+
 __all__ = [
     "DIT_INFERENCE",
     "DIT_TABLE",
@@ -22,6 +28,7 @@ __all__ = [
     "TABLES",
     "VAE_INFERENCE",
     "VAE_TABLE",
+    "which_models",
     "InferenceTable",
     "Rule",
     "Table",

@@ -42,6 +42,11 @@ class Table:
     rules: tuple[Rule, ...]
     rope_caches: Callable[[object], dict[str, tuple[int, int]]]
     """config -> {flax name of each RoPE cache: (max_len, head_dim)}."""
+    label: str = ""  # how messages name the model ("DiT"); `model_type` in capitals when empty
+
+    @property
+    def name(self) -> str:
+        return self.label or self.model_type.upper()
 
     def kind_of(self, flax_name: str) -> Kind:
         for rule in self.rules:

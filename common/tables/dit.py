@@ -20,7 +20,7 @@ def _ropes(cfg: DiTConfig) -> dict[str, tuple[int, int]]:
     return factored_ropes("", cfg.depth, cfg.max_temporal_len, cfg.hw, cfg.head_dim)
 
 
-DIT_TABLE = Table(model_type="dit", rules=(*ATTENTION_RULES, *GENERIC_RULES), rope_caches=_ropes)
+DIT_TABLE = Table(model_type="dit", rules=(*ATTENTION_RULES, *GENERIC_RULES), rope_caches=_ropes, label="DiT")
 
 DIT_INFERENCE = InferenceTable(
     model_type="dit",
