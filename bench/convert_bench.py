@@ -71,6 +71,7 @@ def _child_floor() -> dict:
     import dfc.cli  # noqa: F401
     import dfc.commands.convert  # noqa: F401
     from convert import pipeline  # noqa: F401
+    from dfc import convert_checks  # noqa: F401
 
     return {"maxrss_mb": _maxrss_mb()}
 

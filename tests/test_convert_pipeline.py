@@ -369,6 +369,36 @@ def test_verification_catches_a_file_that_differs(tmp_path, checkpoints, monkeyp
     _fails(tmp_path, checkpoints["model-only"], "does not match the source")
 
 
+def test_the_pipeline_starts_a_given_shape_check_before_writing_and_holds_the_output_to_it(
+    tmp_path, checkpoints
+):
+    """`convert` itself knows no implementation: the caller's check starts as soon as the configuration
+    is known (before any tensor is written, so that its imports overlap the conversion), and a wrong
+    answer stops the conversion with nothing written."""
+    from convert.checks import Answered, Checks
+    from convert.pipeline import convert as bare_convert
+
+    written, started = [0], []
+
+    def progress(total):
+        return lambda n: written.__setitem__(0, written[0] + n)
+
+    def start_shapes(config):
+        started.append((config, written[0]))
+        return Answered({"ok": True, "shapes": {"up_proj.weight": [1, 2]}})
+
+    with pytest.raises(ConvertError, match="strict check against the implementation"):
+        bare_convert(
+            checkpoints["model-only"], tmp_path / "out", progress=progress, checks=Checks(start_shapes)
+        )
+    assert [(config.model_type, before) for config, before in started] == [("vae", 0)] and written[0] > 0
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+    report = bare_convert(checkpoints["model-only"], tmp_path / "plain")  # no checks given: said so
+    shape_check = next(c for c in report.checks if "keys and shapes" in c.name)
+    assert shape_check.ok is None and "no implementation" in shape_check.detail
+
+
 def test_torch_check_is_computed_in_a_child_then_cached(tmp_path, checkpoints, monkeypatch):
     pytest.importorskip("torch_impl")
     monkeypatch.setenv("DFC_CACHE_DIR", str(tmp_path / "cache"))
