@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import time
 from pathlib import Path
 
@@ -201,6 +200,7 @@ def ensure_vae_file(cfg, preset: str, cache: Path) -> Path:
     from safetensors.torch import save_file
 
     import torch_impl
+    from common.atomic import atomic_output
     from common.config import config_to_json
 
     folder = cache / preset
@@ -210,10 +210,9 @@ def ensure_vae_file(cfg, preset: str, cache: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     state = {k: v.contiguous() for k, v in torch_impl.VideoVAE(cfg).state_dict().items()}
-    tmp = folder / "model.safetensors.tmp"
-    save_file(state, str(tmp))
-    (folder / "config.json").write_text(config_to_json(cfg))
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:  # the weights appear last, so their presence means both are there
+        save_file(state, str(tmp))
+        (folder / "config.json").write_text(config_to_json(cfg))
     return path
 
 
