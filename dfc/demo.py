@@ -86,7 +86,9 @@ def demo_clip(
         hull = (np.abs(x - boat_x) < 0.12 * width) & (np.abs(y - boat_y) < 0.04 * height)
         frame[hull] = (0.45, 0.2, 0.1)
         frames[t] = frame
-    return np.rint(np.clip(frames, 0, 1) * 255).astype(np.uint8)
+    from dfc.video import to_uint8
+
+    return to_uint8(frames)
 
 
 def _cli(argv: list[str], quiet: bool) -> tuple[int, str]:
