@@ -16,7 +16,7 @@ INFERENCE: dict[str, InferenceTable] = {"vae": VAE_INFERENCE, "dit": DIT_INFEREN
 
 def which_models() -> tuple[str, str]:
     """For messages: ("a VAE or a DiT", "vae|dit")."""
-    return " or a ".join(t.name for t in TABLES.values()), "|".join(TABLES)
+    return " or ".join(f"a {t.name}" for t in TABLES.values()), "|".join(TABLES)
 
 
 __all__ = [
