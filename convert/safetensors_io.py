@@ -22,7 +22,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from convert import safetensors_header as framing
+from common import safetensors_header as framing
 from convert.blas_transpose import transpose_into
 
 SINGLE_FILE = "model.safetensors"

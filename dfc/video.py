@@ -473,8 +473,9 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path
     atomically: a failure leaves nothing behind and an existing file untouched.
     """
     _check_video_frames(frames, fps)
+    folder = _is_folder_target(path)  # before Path(), which drops a trailing '/'
     path = Path(path)
-    if _is_folder_target(path):
+    if folder:
         _write_folder(path, frames, fps)
     elif path.suffix.lower() in _FFMPEG_FORMATS:
         _write_ffmpeg(path, frames, fps)

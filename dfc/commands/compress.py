@@ -75,14 +75,14 @@ def _check_arguments(args: argparse.Namespace) -> str:
         raise UserError(f"--keep-rate must be in (0, 1], got {args.keep_rate}")
     if args.batch < 1:
         raise UserError(f"--batch must be at least 1, got {args.batch}")
-    output = Path(args.output)
-    if output.is_dir():
-        raise UserError(f"{output}: is a folder; give a file name such as {output / 'video.dfc'}")
-    if not output.absolute().parent.is_dir():
-        raise UserError(f"{output}: the folder {output.absolute().parent} does not exist")
-    if output.exists() and not args.force:
-        # e.g. `dfc compress a.mp4 a.mp4` would otherwise replace the user's video with latents
-        raise UserError(f"{output}: exists; pass --force to replace it")
+    if args.clip_frames is not None and args.clip_frames < 1:
+        raise UserError(f"--clip-frames must be at least 1, got {args.clip_frames}")
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be a whole number from 0 to 2**63 - 1, got {args.seed}")
+    from dfc.outputs import check_file_target
+
+    # e.g. `dfc compress a.mp4 a.mp4 --force` would otherwise replace the user's video with latents
+    check_file_target(args.output, overwrite=args.force, inputs=[args.input, args.weights])
     return mode
 
 
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     frames, info = read_video(args.input)  # bad input fails here, before the (slow) model load
     loaded = load_model("vae", args.weights, args.device, args.precision)
     vae = loaded.model
-    clip_frames = args.clip_frames or min(DEFAULT_CLIP_FRAMES, vae.config.max_temporal_len)
+    clip_frames = args.clip_frames or min(DEFAULT_CLIP_FRAMES, vae.config.max_temporal_len)  # None: default
     spans = split_clips(info.num_frames, clip_frames, vae.config.max_temporal_len)  # bad --clip-frames
     fitted, crop = fit_to_model(frames, vae.config.height, vae.config.width, args.resize)
     del frames  # the full-resolution copy is no longer needed; long videos are large
@@ -125,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
     quality = _measure(vae, cv, fitted, args) if measure else None
     quantization = quantization_effect(cv, args.latent_dtype) if args.latent_dtype != "f32" else None
     write_container(args.output, cv)
+    from dfc.weights_record import remember
+
+    remember(loaded.identity, loaded.source)  # so that `decompress` finds these weights for this file
     report = size_report(cv, args.input if Path(args.input).is_file() else None)
     _print_summary(args, info, cv, loaded, report, quantization, quality)
     return 0
