@@ -202,7 +202,10 @@ def describe(err: HeaderError) -> str:
 
 
 class IndexFileError(ValueError):
-    """A `model.safetensors.index.json` that cannot be used; one line naming the file."""
+    """A `model.safetensors.index.json` that cannot be used; one line naming the file. `missing`: a
+    shard it names is not there (the index itself may be fine)."""
+
+    missing = False
 
 
 def read_index(folder: str | os.PathLike, name: str = INDEX_NAME) -> tuple[dict[str, str], list[Path]]:
@@ -240,6 +243,10 @@ def read_index(folder: str | os.PathLike, name: str = INDEX_NAME) -> tuple[dict[
             raise IndexFileError(
                 f"{path}: shard {shard[:80]!r} lies outside the weights folder; shards must be files in it"
             )
+        if not target.exists():
+            error = IndexFileError(f"{path}: the shard {shard[:80]!r} named in the index is missing")
+            error.missing = True
+            raise error
         try:
             check_regular(target, what="a .safetensors shard")
         except InputFileError as err:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.atomic import StagedOutput
 from common.atomic import atomic_output as staged_output
 from dfc.errors import UserError
 
@@ -407,62 +408,9 @@ def _check_video_frames(frames: np.ndarray, fps: float) -> None:
         raise UserError(f"fps must be a positive number, got {fps}")
 
 
-def _write_folder(path: Path, frames: np.ndarray, fps: float) -> None:
-    from PIL import Image
-
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{path}: exists and is not a folder; give a video suffix (.mp4) or a new folder")
-    if path.exists() and any(path.iterdir()):
-        raise UserError(f"{path}: folder exists and is not empty; choose a new or empty folder")
-    if not path.parent.is_dir():
-        raise UserError(f"{path}: the folder {path.parent} does not exist")
-    try:
-        with staged_output(path, is_dir=True) as tmp:  # replaces an empty folder (checked above)
-            for t, frame in enumerate(frames):
-                Image.fromarray(frame).save(tmp / FRAME_PATTERN.format(t))
-            info = {
-                "fps": fps,
-                "num_frames": len(frames),
-                "width": frames.shape[2],
-                "height": frames.shape[1],
-            }
-            (tmp / FOLDER_INFO).write_text(json.dumps(info) + "\n", encoding="utf-8")
-    except OSError as err:
-        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
-
-
 def _fps_argument(fps: float) -> str:
     # An exact fraction keeps NTSC rates (30000/1001) exact instead of a rounded decimal.
     return str(Fraction(fps).limit_denominator(100_000))
-
-
-def _write_ffmpeg(path: Path, frames: np.ndarray, fps: float) -> None:
-    muxer, even_args, odd_args = _FFMPEG_FORMATS[path.suffix.lower()]
-    _, height, width, _ = frames.shape
-    codec = even_args if width % 2 == 0 and height % 2 == 0 else odd_args
-    with atomic_output(path) as tmp, tempfile.TemporaryFile() as log:
-        cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24"]
-        cmd += ["-s", f"{width}x{height}", "-framerate", _fps_argument(fps), "-i", "-"]
-        cmd += [*codec, "-f", muxer, str(tmp)]
-        # ffmpeg's log goes to a file: a pipe could fill up and block it while we are still writing frames.
-        process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=log)
-        try:
-            for frame in np.ascontiguousarray(frames):
-                process.stdin.write(memoryview(frame).cast("B"))
-        except BrokenPipeError:
-            pass  # ffmpeg quit early; its exit code and log say why
-        except BaseException:
-            process.kill()  # it would otherwise wait for more frames forever
-            process.wait()
-            raise
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                process.stdin.close()
-        returncode = process.wait()
-        if returncode != 0:
-            log.seek(0)
-            reason = _ffmpeg_reason(log.read().decode(errors="replace"))
-            raise UserError(f"{path}: ffmpeg could not write the video ({reason})")
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path:
@@ -470,17 +418,131 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path
 
     `.mp4 .m4v .mov .mkv` (H.264), `.webm` (VP9), `.avi` (MJPEG), `.gif`, or a folder (a path ending in
     '/' or without a suffix) of `frame_00000.png`... plus `video.json` with the fps. Output appears
-    atomically: a failure leaves nothing behind and an existing file untouched.
+    atomically: a failure leaves nothing behind and an existing file untouched. A trailing '/' never
+    replaces a file of that name.
     """
     _check_video_frames(frames, fps)
-    folder = _is_folder_target(path)  # before Path(), which drops a trailing '/'
-    path = Path(path)
-    if folder:
-        _write_folder(path, frames, fps)
-    elif path.suffix.lower() in _FFMPEG_FORMATS:
-        _write_ffmpeg(path, frames, fps)
-    else:
-        raise UserError(
-            f"{path}: unknown video type {path.suffix!r}; use one of {', '.join(OUTPUT_SUFFIXES)}"
-        )
-    return path
+    target = Path(path)
+    if _is_folder_target(path):
+        if target.exists() and not target.is_dir():
+            raise UserError(f"{path}: exists and is not a folder; give a video suffix (.mp4) or a new folder")
+        if target.is_dir() and any(target.iterdir()):
+            raise UserError(f"{path}: folder exists and is not empty; choose a new or empty folder")
+    with VideoSink(path, frames.shape[2], frames.shape[1], fps) as sink:
+        for frame in frames:
+            sink.write(frame)
+    return target
+
+
+# fps a container can hold: GIF delays are whole hundredths of a second, so above 100 fps a GIF
+# cannot keep the rate; the sink writes the nearest it can and says so (`written_fps`).
+_MAX_FPS = {".gif": 100.0}
+
+
+class VideoSink:
+    """`with VideoSink(path, width, height, fps) as sink: sink.write(frame)...`; committed on a clean exit."""
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float):
+        self.folder = _is_folder_target(path)  # before Path(), which drops a trailing '/'
+        self.path, self.width, self.height, self.fps = Path(path), width, height, float(fps)
+        self.count = 0
+        self.written_fps = self.fps
+        self._process: subprocess.Popen | None = None
+        self._log = None
+        if not self.folder and self.path.suffix.lower() not in _FFMPEG_FORMATS:
+            raise UserError(
+                f"{path}: unknown video type {self.path.suffix!r}; use one of {', '.join(OUTPUT_SUFFIXES)}"
+            )
+        if not self.path.absolute().parent.is_dir():
+            raise UserError(f"{path}: the folder {self.path.absolute().parent} does not exist")
+        try:
+            self._staged = StagedOutput(self.path, is_dir=self.folder)
+        except OSError as err:
+            raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+        if not self.folder:
+            self._start_ffmpeg()
+
+    def _start_ffmpeg(self) -> None:
+        muxer, even_args, odd_args = _FFMPEG_FORMATS[self.path.suffix.lower()]
+        codec = even_args if self.width % 2 == 0 and self.height % 2 == 0 else odd_args
+        top = _MAX_FPS.get(self.path.suffix.lower())
+        if top is not None and self.fps > top:
+            self.written_fps = top
+        self._log = tempfile.TemporaryFile()
+        cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24"]
+        cmd += ["-s", f"{self.width}x{self.height}", "-framerate", _fps_argument(self.fps), "-i", "-"]
+        if self.written_fps != self.fps:
+            cmd += ["-r", _fps_argument(self.written_fps)]
+        cmd += [*codec, "-f", muxer, str(self._staged.tmp)]
+        # the log goes to a file: a pipe could fill up and block ffmpeg while frames are still coming
+        self._process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=self._log)
+
+    def write(self, frame: np.ndarray) -> None:
+        """One uint8 frame `(height, width, 3)`."""
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise ValueError(
+                f"expected a uint8 frame {(self.height, self.width, 3)}, got {frame.dtype} {frame.shape}"
+            )
+        if self.folder:
+            from PIL import Image
+
+            try:
+                Image.fromarray(frame).save(self._staged.tmp / FRAME_PATTERN.format(self.count))
+            except OSError as err:
+                raise UserError(f"{self.path}: cannot write ({err.strerror or err})") from None
+        else:
+            try:
+                self._process.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
+            except BrokenPipeError:
+                self._fail()
+        self.count += 1
+
+    def _fail(self) -> None:
+        returncode = self._stop(kill=False)
+        self._log.seek(0)
+        reason = _ffmpeg_reason(self._log.read().decode(errors="replace"))
+        raise UserError(f"{self.path}: ffmpeg could not write the video ({reason}, exit {returncode})")
+
+    def _stop(self, kill: bool) -> int:
+        process, self._process = self._process, None
+        if process is None:
+            return 0
+        if kill:
+            process.kill()
+        with contextlib.suppress(BrokenPipeError, OSError):
+            process.stdin.close()
+        return process.wait()
+
+    def close(self) -> Path:
+        """Finish the file (or folder) and put it in place."""
+        if self.count == 0:
+            raise ValueError("cannot write a video with no frames")
+        if self.folder:
+            info = {"fps": self.fps, "num_frames": self.count, "width": self.width, "height": self.height}
+            (self._staged.tmp / FOLDER_INFO).write_text(json.dumps(info) + "\n", encoding="utf-8")
+        else:
+            self._process.stdin.close()
+            if self._process.wait() != 0:
+                self._fail()
+            self._process = None
+        self._staged.commit()
+        return self.path
+
+    def abort(self) -> None:
+        self._stop(kill=True)
+        self._staged.discard()
+        if self._log is not None:
+            self._log.close()
+
+    def __enter__(self) -> VideoSink:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                try:
+                    self.close()
+                except OSError as err:
+                    raise UserError(f"{self.path}: cannot write ({err.strerror or err})") from None
+        finally:
+            self.abort()  # after a commit there is nothing left to remove
