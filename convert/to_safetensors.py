@@ -143,6 +143,7 @@ def orbax_to_safetensors(src, dst, options, report, progress, log, checks: Check
     report.model_type = resolve.model_type(options.model, shapes)
     table = TABLES[report.model_type]
     kinds = resolve.kinds(table, shapes)
+    resolve.check_floating({n: info.dtype for n, info in infos.items()}, str(location.step_dir))
     config = resolve.resolve_config(report.model_type, shapes, options.config, report)
 
     shape_check = checks.shape_check(config)  # overlaps the conversion
@@ -191,6 +192,7 @@ def pt_to_safetensors(src, dst, options, report, progress, log, checks: Checks) 
     shapes = {k: tuple(a.shape) for k, a in arrays.items()}
     report.layout = "published state dict"
     report.model_type, flax = resolve.torch_named_model(options.model, shapes)
+    resolve.check_floating({k: a.dtype for k, a in arrays.items()}, str(src))
     config = resolve.resolve_config(report.model_type, flax, options.config, report)
     # torch is loaded already (it read the file): the caller may answer in this process, no child needed
     expected = checks.shapes_here(config) if checks.shapes_here is not None else None

@@ -347,7 +347,7 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_state_dict(
-    files: Sequence[Path], weight_map: Mapping[str, str] | None = None
+    files: Sequence[Path], weight_map: Mapping[str, str] | None = None, folder: Path | None = None
 ) -> dict[str, torch.Tensor]:
     """Merge the tensors of one or more weight files; a key in two shards is an error, and with a shard
     index's `weight_map`, so is a tensor it lists that the shard it names does not hold."""
@@ -359,10 +359,10 @@ def read_state_dict(
         if twice:
             raise WeightsError(f"{path}: tensors already read from another shard: {st_header.preview(twice)}")
         state.update(part)
-        held[Path(path).name] = set(part)
-    if weight_map is not None and files:
+        held[os.path.relpath(path, folder) if folder is not None else Path(path).name] = set(part)
+    if weight_map is not None and folder is not None:
         try:
-            st_header.check_index_coverage(Path(files[0]).parent / INDEX_NAME, dict(weight_map), held)
+            st_header.check_index_coverage(Path(folder) / INDEX_NAME, dict(weight_map), held)
         except st_header.IndexFileError as err:
             raise WeightsError(str(err)) from None
     return state
@@ -391,7 +391,8 @@ def _load(model_type: str, source: Any, config: Any, device: Any, precision: Pre
     located = source if isinstance(source, WeightFiles) else locate_weights(source, model_type)
     if located.model_type != model_type:
         raise ValueError(f"{located.source}: located as {located.model_type} weights, not {model_type}")
-    state = read_state_dict(located.files, located.weight_map)
+    folder = Path(located.source) if located.weight_map is not None else None
+    state = read_state_dict(located.files, located.weight_map, folder)
     if config is not None:
         cfg = load_config(config, _CONFIG_CLASSES[model_type])
     else:
