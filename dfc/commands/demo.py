@@ -41,6 +41,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         help="size of the built model (default: vae-small, 64x64; vae-tiny, 32x32, is for quick checks)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--force", action="store_true", help="use an --out folder that was not made by the demo"
+    )
     parser.add_argument("--quiet", action="store_true", help="only the summary")
 
 
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             keep_rate=args.keep_rate or None,
             seed=args.seed,
             quiet=args.quiet,
+            force=args.force,
         )
     )
     print("\ndfc demo: summary")
