@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
 import time
 import warnings
@@ -169,13 +168,6 @@ def prepare_out(out: Path, inputs, *, force: bool) -> bool:
     from dfc.outputs import check_folder_target
 
     check_folder_target(out, inputs=inputs, flag="--out ")
-    for given in inputs:
-        if (
-            given is not None
-            and out.is_dir()
-            and os.path.realpath(given).startswith(os.path.realpath(out) + os.sep)
-        ):
-            raise UserError(f"--out {out}: holds the input {given}; choose another --out")
     existed = out.exists()
     if existed and any(out.iterdir()) and not (out / MARKER).is_file() and not force:
         raise UserError(
