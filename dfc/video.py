@@ -161,9 +161,22 @@ def _open_ffmpeg(path: Path, max_frames: int | None) -> tuple[VideoInfo, Iterato
             raise UserError(f"{path}: the video has no frames") from None
         raise UserError(f"{path}: not a video ffmpeg can read ({_ffmpeg_reason(text)})") from None
     width, height = (int(v) for v in meta["size"])
-    fps = float(meta.get("fps") or 0.0)
+    fps = float(meta.get("fps") or 0.0) or _stream_fps(path)
     info = VideoInfo(num_frames=0, fps=fps if fps > 0 else DEFAULT_FPS, width=width, height=height)
     return info, gen
+
+
+def _stream_fps(path: Path) -> float:
+    """The video stream's frame rate as ffmpeg prints it, for the rates imageio-ffmpeg cannot parse:
+    ffmpeg writes a multiple of 1000 as "1k fps". 0.0 when it states none."""
+    cmd = [_ffmpeg(), "-nostdin", "-hide_banner", "-i", str(path)]
+    text = subprocess.run(cmd, capture_output=True, text=True, errors="replace").stderr
+    for line in text.splitlines():
+        if "Video:" in line:
+            match = re.search(r"(\d+(?:\.\d+)?)(k?) (?:fps|tbr)\b", line)
+            if match:
+                return float(match.group(1)) * (1000 if match.group(2) else 1)
+    return 0.0
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -434,11 +447,6 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path
     return target
 
 
-# fps a container can hold: GIF delays are whole hundredths of a second, so above 100 fps a GIF
-# cannot keep the rate; the sink writes the nearest it can and says so (`written_fps`).
-_MAX_FPS = {".gif": 100.0}
-
-
 class VideoSink:
     """`with VideoSink(path, width, height, fps) as sink: sink.write(frame)...`; committed on a clean exit."""
 
@@ -446,7 +454,7 @@ class VideoSink:
         self.folder = _is_folder_target(path)  # before Path(), which drops a trailing '/'
         self.path, self.width, self.height, self.fps = Path(path), width, height, float(fps)
         self.count = 0
-        self.written_fps = self.fps
+        self.written_fps = self.fps  # what the file can say; a GIF rounds the frame delay
         self._process: subprocess.Popen | None = None
         self._log = None
         if not self.folder and self.path.suffix.lower() not in _FFMPEG_FORMATS:
@@ -465,14 +473,11 @@ class VideoSink:
     def _start_ffmpeg(self) -> None:
         muxer, even_args, odd_args = _FFMPEG_FORMATS[self.path.suffix.lower()]
         codec = even_args if self.width % 2 == 0 and self.height % 2 == 0 else odd_args
-        top = _MAX_FPS.get(self.path.suffix.lower())
-        if top is not None and self.fps > top:
-            self.written_fps = top
+        if self.path.suffix.lower() == ".gif":  # delays in whole hundredths of a second, at least one
+            self.written_fps = 100 / max(1, round(100 / self.fps))
         self._log = tempfile.TemporaryFile()
         cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24"]
         cmd += ["-s", f"{self.width}x{self.height}", "-framerate", _fps_argument(self.fps), "-i", "-"]
-        if self.written_fps != self.fps:
-            cmd += ["-r", _fps_argument(self.written_fps)]
         cmd += [*codec, "-f", muxer, str(self._staged.tmp)]
         # the log goes to a file: a pipe could fill up and block ffmpeg while frames are still coming
         self._process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=self._log)

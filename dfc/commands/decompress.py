@@ -85,6 +85,6 @@ def run(args: argparse.Namespace) -> int:
         f"({cv.kept_frames} kept latent frames in {len(cv.clips)} clip(s), weights {loaded.identity})"
     )
     if sink.written_fps != cv.fps:
-        print(f"note     {written.suffix} cannot hold {cv.fps:g} fps; written at {sink.written_fps:g} fps")
+        print(f"note     {written.suffix} cannot hold {cv.fps:g} fps; it plays at {sink.written_fps:g} fps")
     print(f"wrote    {written}: {size:,} B")
     return 0
