@@ -212,7 +212,7 @@ def config_from_dict(data: dict[str, Any], cls: type[C] | None = None) -> C:
     data = dict(data)
     model_type = data.pop("model_type", None)
     if cls is None:
-        if model_type not in _BY_TYPE:
+        if not isinstance(model_type, str) or model_type not in _BY_TYPE:
             raise ConfigError(f"config 'model_type' must be 'vae' or 'dit', got {str(model_type)[:40]!r}")
         cls = _BY_TYPE[model_type]
     elif model_type is not None and model_type != cls.model_type:
