@@ -61,6 +61,13 @@ def read_torch_state(path: str | os.PathLike) -> dict:
 
     def unreadable(err: Exception) -> TorchFileError:
         first_line = (str(err) or type(err).__name__).splitlines()[0]
+        if "weights only load failed" in first_line.lower() or "weights_only" in str(err):
+            # torch's advice (re-run torch.load with weights_only=False) would run the file's code
+            return TorchFileError(
+                f"{path}: holds Python objects besides tensors, which could run code when loaded; only plain "
+                "state dicts of tensors are read (re-save it as a state dict or .safetensors where you "
+                "trust it)"
+            )
         return TorchFileError(f"{path}: not a readable PyTorch file ({first_line})")
 
     try:

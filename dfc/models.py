@@ -108,5 +108,7 @@ def _quiet_hub() -> None:
 
 
 def _first_line(err: BaseException) -> str:
+    """The first line, with the Python API's advice said for the command line."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line.replace("pass config= explicitly", "put the model's config.json beside the weights")

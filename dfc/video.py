@@ -12,6 +12,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -166,17 +167,42 @@ def _open_ffmpeg(path: Path, max_frames: int | None) -> tuple[VideoInfo, Iterato
     return info, gen
 
 
-def _stream_fps(path: Path) -> float:
-    """The video stream's frame rate as ffmpeg prints it, for the rates imageio-ffmpeg cannot parse:
-    ffmpeg writes a multiple of 1000 as "1k fps". 0.0 when it states none."""
+def _stream_header(path: Path) -> tuple[float, float | None]:
+    """(frame rate, duration in seconds or None) as ffmpeg states them for a file's first video
+    stream; imageio-ffmpeg cannot parse every rate (ffmpeg writes 1000 as "1k fps"). fps 0.0: none."""
     cmd = [_ffmpeg(), "-nostdin", "-hide_banner", "-i", str(path)]
     text = subprocess.run(cmd, capture_output=True, text=True, errors="replace").stderr
+    fps, duration = 0.0, None
+    found = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", text)
+    if found:
+        hours, minutes, seconds = found.groups()
+        duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
     for line in text.splitlines():
         if "Video:" in line:
             match = re.search(r"(\d+(?:\.\d+)?)(k?) (?:fps|tbr)\b", line)
             if match:
-                return float(match.group(1)) * (1000 if match.group(2) else 1)
-    return 0.0
+                fps = float(match.group(1)) * (1000 if match.group(2) else 1)
+            break
+    return fps, duration
+
+
+def _stream_fps(path: Path) -> float:
+    return _stream_header(path)[0]
+
+
+def frame_count_warning(path: Path, decoded: int) -> str | None:
+    """One line when the frames decoded differ by more than one from what the file's header states
+    (its duration times its frame rate): a damaged or oddly timed file, worth knowing about."""
+    fps, duration = _stream_header(path)
+    if not fps or not duration:
+        return None
+    stated = round(duration * fps)
+    if abs(stated - decoded) <= 1:
+        return None
+    return (
+        f"warning: {path}: decoded {decoded} frames, its header states {stated} ({duration:g} s at "
+        f"{fps:g} fps); the file may be damaged or have a variable frame rate"
+    )
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -237,15 +263,21 @@ def open_video(
     frame_bytes = info.width * info.height * 3
 
     def frames() -> Iterator[np.ndarray]:
+        count = 0
         try:
             for chunk in raw:
                 if len(chunk) != frame_bytes:  # pragma: no cover - imageio-ffmpeg guarantees whole frames
                     raise UserError(f"{path}: ffmpeg returned a partial frame")
                 yield np.frombuffer(chunk, np.uint8).reshape(info.height, info.width, 3)
+                count += 1
         except RuntimeError as err:
             raise UserError(f"{path}: the video is damaged ({_ffmpeg_reason(str(err))})") from None
         finally:
             raw.close()
+        if max_frames is None or count < max_frames:
+            warning = frame_count_warning(path, count)
+            if warning:
+                print(warning, file=sys.stderr)
 
     return info, frames()
 

@@ -28,7 +28,7 @@ from dfc.outputs import check_file_target, check_video_target
 from torch_impl import WeightsError, load_vae
 from torch_impl.loading import check_state_shapes, expected_state_shapes
 
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def one_line(err: BaseException) -> str:
@@ -291,6 +291,30 @@ def test_a_1000_fps_video_reads_as_1000_fps(tmp_path):
     info, frames = open_video(tmp_path / "fast.mp4")
     frames.close()
     assert info.fps == 1000
+
+
+def test_a_truncated_video_decodes_with_one_warning_line_and_a_whole_one_without(tmp_path, capsys):
+    from videos import synthetic_frames
+
+    from dfc.video import read_video, write_video
+
+    write_video(tmp_path / "whole.avi", synthetic_frames(40, 32, 32), 10)
+    data = (tmp_path / "whole.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: len(data) * 6 // 10])
+    capsys.readouterr()
+    assert read_video(tmp_path / "whole.avi")[1].num_frames == 40
+    assert capsys.readouterr().err == ""
+    decoded = read_video(tmp_path / "cut.avi")[1].num_frames
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and f"decoded {decoded} frames, its header states" in lines[0]
+
+
+def test_a_pickle_with_code_is_refused_without_torchs_advice_to_run_it(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"a": torch.zeros(1), "b": Path("/")}, path)  # any object beyond tensors
+    with pytest.raises(WeightsError, match="besides tensors, which could run code") as caught:
+        load_vae(path, config=TINY)
+    assert "weights_only" not in one_line(caught.value)
 
 
 def test_a_step_that_a_single_step_root_lacks_is_an_error_listing_the_steps(tmp_path):
