@@ -48,7 +48,13 @@ def verify_zip(path: str | os.PathLike) -> bool | None:
 def read_torch_state(path: str | os.PathLike) -> dict:
     """`{name: torch.Tensor}` of a `torch.save`d state dict, memory-mapped when the format allows; its
     zip CRCs checked first (`verify_zip`)."""
+    from common.files import InputFileError, check_regular
+
     path = Path(path)
+    try:
+        check_regular(path, what="a .pt file")
+    except InputFileError as err:
+        raise TorchFileError(str(err)) from None
     if verify_zip(path) is False:
         print(
             f"warning: {path}: its zip stores no CRC-32 checksums; the file's bytes cannot be verified",

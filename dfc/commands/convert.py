@@ -80,7 +80,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from convert.options import ConvertError, Options
     from dfc.convert_checks import convert
+    from dfc.outputs import check_name, check_not_input
 
+    check_name(args.dst)
+    check_not_input(args.dst, [args.src])  # --force replaces an old output, never the source
     options = Options(
         model=args.model,
         config=args.config,
