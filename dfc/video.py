@@ -112,9 +112,15 @@ def _ffmpeg() -> str:
 
 
 def _check_input(path: str | os.PathLike) -> Path:
+    from common.files import InputFileError, check_regular
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file")
+    try:  # a FIFO or a device would keep ffmpeg reading forever
+        check_regular(path, folder_ok=True, what="a video file or a folder of frames")
+    except InputFileError as err:
+        raise UserError(str(err)) from None
     if not path.is_dir() and not os.access(path, os.R_OK):
         raise UserError(f"{path}: permission denied")
     return path

@@ -257,6 +257,10 @@ def test_non_regular_files_are_refused_at_once(tmp_path, special):
         check_regular(special)
     with pytest.raises(WeightsError, match="refusing to read it"):
         load_vae(special, config=TINY)
+    from dfc.video import open_video
+
+    with pytest.raises(UserError, match="refusing to read it"):
+        open_video(special)
 
 
 # ------------------------------------------------------------------- never replace what was not asked
