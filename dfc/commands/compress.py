@@ -77,10 +77,10 @@ def _check_arguments(args: argparse.Namespace) -> str:
         raise UserError(f"--batch must be at least 1, got {args.batch}")
     if args.clip_frames is not None and args.clip_frames < 1:
         raise UserError(f"--clip-frames must be at least 1, got {args.clip_frames}")
-    if not 0 <= args.seed < 2**63:
-        raise UserError(f"--seed must be a whole number from 0 to 2**63 - 1, got {args.seed}")
+    from dfc.options import check_seed
     from dfc.outputs import check_file_target
 
+    check_seed(args.seed)
     # e.g. `dfc compress a.mp4 a.mp4 --force` would otherwise replace the user's video with latents
     check_file_target(args.output, overwrite=args.force, inputs=[args.input, args.weights])
     return mode

@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--weights", args.weights), ("--orbax", args.orbax)):
         if value and not Path(value).exists():
             raise UserError(f"{flag} {value}: no such file or folder")
+    from dfc.options import check_seed
+
+    check_seed(args.seed)
     if args.train_steps < 0:
         raise UserError(f"--train-steps must be >= 0, got {args.train_steps}")
     if not 0 <= args.keep_rate <= 1:

@@ -65,7 +65,9 @@ def _topk(text: str) -> tuple[int, ...]:
 
 def _check_arguments(args: argparse.Namespace) -> tuple[list[Path], tuple[int, ...]]:
     from dfc.evaluation import VIDEO_SUFFIXES, find_videos
+    from dfc.options import check_seed
 
+    check_seed(args.seed)
     folder = Path(args.folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder")
