@@ -283,6 +283,30 @@ def test_outputs_that_are_inputs_are_refused_through_links_dots_and_slashes(tmp_
     assert video.read_bytes() == b"video"
 
 
+def test_demo_out_is_replaced_only_when_the_demo_made_it(tmp_path):
+    from dfc.demo import MARKER, prepare_out
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "weights").mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match="not made by dfc demo; choose a new folder or pass --force"):
+        prepare_out(mine, [None, None], force=False)
+    assert (mine / "weights").is_dir() and not (mine / MARKER).exists()
+
+    demo = tmp_path / "demo"
+    assert prepare_out(demo, [None, None], force=False) is False and (demo / MARKER).is_file()
+    (demo / "weights").mkdir()
+    assert prepare_out(demo, [None, None], force=False) is True  # `make demo` twice
+    assert not (demo / "weights").exists()
+
+    (demo / "weights" / "vae").mkdir(parents=True)
+    with pytest.raises(UserError, match="holds the input"):  # --force never replaces an input
+        prepare_out(demo, [str(demo / "weights" / "vae"), None], force=True)
+    assert (demo / "weights" / "vae").is_dir()
+    assert prepare_out(mine, [None, None], force=True) is True and (mine / "notes.txt").read_text() == "keep"
+
+
 # ------------------------------------------------------------------------------ options and videos
 
 
