@@ -84,6 +84,10 @@ def load_model(model_type: str, source: str | os.PathLike | None, device: str, p
         if Path(source).exists():
             raise UserError(f"--weights {source}: {_first_line(err)}") from None
         raise UserError(_how_to_provide(model_type, source)) from None
+    except torch_impl.WeightsFileError as err:
+        raise UserError(
+            f"--weights {source}: cannot load {model_type.upper()} weights ({_first_line(err)})"
+        ) from None
     except torch_impl.WeightsError as err:
         raise UserError(
             f"--weights {source}: not {model_type.upper()} weights ({_first_line(err)})"

@@ -67,6 +67,11 @@ class WeightsError(ValueError):
         self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
 
 
+class WeightsFileError(WeightsError):
+    """A weights file, shard index or config.json that cannot be read as one: damaged, not a regular
+    file, or naming files outside its folder. One line naming the file."""
+
+
 class WeightsNotFoundError(WeightsError, FileNotFoundError):
     """The weights could not be found locally or fetched; the message says how to provide them."""
 
@@ -262,7 +267,7 @@ def _find(source: str | os.PathLike, model_type: str) -> tuple[list[Path], Path 
         try:
             check_regular(path, what="a weights file")
         except InputFileError as err:
-            raise WeightsError(str(err)) from None
+            raise WeightsFileError(str(err)) from None
     if path.is_file():
         beside = path.parent / CONFIG_NAME
         return [path], beside if beside.is_file() else None, None
@@ -320,13 +325,15 @@ def check_safetensors(path: Path) -> dict[str, st_header.Entry]:
     try:
         table, _, _ = st_header.read_table(path)
     except InputFileError as err:
-        raise WeightsError(str(err)) from None
+        raise WeightsFileError(str(err)) from None
     except st_header.HeaderError as err:
-        raise WeightsError(f"{path}: not a readable safetensors file ({st_header.describe(err)})") from None
+        raise WeightsFileError(
+            f"{path}: not a readable safetensors file ({st_header.describe(err)})"
+        ) from None
     except st_header.TableError as err:
-        raise WeightsError(f"{path}: damaged safetensors file ({err})") from None
+        raise WeightsFileError(f"{path}: damaged safetensors file ({err})") from None
     except OSError as err:
-        raise WeightsError(f"{path}: cannot read ({err.strerror or err})") from None
+        raise WeightsFileError(f"{path}: cannot read ({err.strerror or err})") from None
     return table
 
 
@@ -339,11 +346,11 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
             return load_file(path)
         except Exception as err:  # the library's own error type; checked above, so rare
             first = (str(err) or type(err).__name__).splitlines()[0]
-            raise WeightsError(f"{path}: not a readable safetensors file ({first})") from None
+            raise WeightsFileError(f"{path}: not a readable safetensors file ({first})") from None
     try:  # weights_only, memory-mapped where the format allows: the one legacy .pt reader
         return read_torch_state(path)
     except TorchFileError as err:
-        raise WeightsError(str(err)) from None
+        raise WeightsFileError(str(err)) from None
 
 
 def read_state_dict(
@@ -364,7 +371,7 @@ def read_state_dict(
         try:
             st_header.check_index_coverage(Path(folder) / INDEX_NAME, dict(weight_map), held)
         except st_header.IndexFileError as err:
-            raise WeightsError(str(err)) from None
+            raise WeightsFileError(str(err)) from None
     return state
 
 
@@ -377,13 +384,13 @@ def _config_beside(path: Path | None, model_type: str) -> Any:
     try:
         data = read_config_json(path)
     except ConfigError as err:
-        raise WeightsError(str(err)) from None
+        raise WeightsFileError(str(err)) from None
     if data.get("model_type", model_type) != model_type:
         return None
     try:
         return load_config(data, _CONFIG_CLASSES[model_type])
     except ConfigError as err:
-        raise WeightsError(f"{path}: {err}") from None
+        raise WeightsFileError(f"{path}: {err}") from None
 
 
 def _load(model_type: str, source: Any, config: Any, device: Any, precision: Precision | str) -> nn.Module:
