@@ -345,17 +345,50 @@ def test_a_pickle_with_code_is_refused_without_torchs_advice_to_run_it(tmp_path)
     assert "weights_only" not in one_line(caught.value)
 
 
-def test_a_step_that_a_single_step_root_lacks_is_an_error_listing_the_steps(tmp_path):
+@pytest.fixture(scope="module")
+def single_step_root(tmp_path_factory) -> Path:
+    """A CheckpointManager-style root holding only step 5 (a real Orbax checkpoint of dit-tiny)."""
     from common.config import PRESETS
-    from convert.orbax_io import CheckpointError, resolve_checkpoint
     from jax_ref.checkpoints import random_model, save_orbax, training_tree
 
-    root = tmp_path / "run"
-    root.mkdir()
+    root = tmp_path_factory.mktemp("run")
     save_orbax(root / "5", training_tree(random_model(PRESETS["dit-tiny"]), "model-only"))
+    return root
+
+
+def test_a_step_that_a_single_step_root_lacks_is_an_error_listing_the_steps(single_step_root, capsys):
+    """Reproduction 7: `convert mgr_root out --step 7` on a root holding only step 5 converted step 5."""
+    from convert.orbax_io import CheckpointError, resolve_checkpoint
+    from dfc.cli import main
+
+    root = single_step_root
     assert resolve_checkpoint(root).step == 5
+    assert main(["convert", str(root), str(root.parent / "out"), "--step", "7"]) == 2
+    assert capsys.readouterr().err.strip() == f"dfc convert: error: {root}: no step 7 (steps: 5)"
     with pytest.raises(CheckpointError, match=r"no step 7 \(steps: 5\)"):
         resolve_checkpoint(root, step=7)
+
+
+def test_sigterm_during_convert_leaves_no_temporary_output(single_step_root, tmp_path, monkeypatch, capsys):
+    """Reproduction 9: SIGTERM mid-convert used to leave a `.X.dfc-tmp-PID` behind; now it unwinds as
+    Ctrl-C does (the signal arrives while the written tensors are being compared)."""
+    import signal
+
+    from convert import bits
+    from dfc.cli import main
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return True
+
+    monkeypatch.setattr(bits, "matches_source", terminated)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert main(["convert", str(single_step_root), str(tmp_path / "out"), "--quiet"]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert capsys.readouterr().err.strip() == "dfc convert: terminated"
+    assert list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------- properties: any bytes, one error or valid
