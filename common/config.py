@@ -27,6 +27,8 @@ MAX_SIDE = 8192  # height, width of the model's frames
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 64  # nesting of a config.json (a flat object is depth 1)
 _DEPTH_FIELDS = ("encoder_depth", "decoder_depth", "depth", "unet_num_levels")
+# a model without attention blocks is degenerate but well defined (config inference meets it)
+_MAY_BE_ZERO = ("encoder_depth", "decoder_depth", "depth")
 _SIDE_FIELDS = ("height", "width")
 
 
@@ -138,7 +140,8 @@ class DiTConfig:
 
 
 def _check_fields(cfg: Any) -> None:
-    """Every field a whole number from 1 to its limit (bool, float and text are not whole numbers)."""
+    """Every field a whole number from 1 (0 for a depth) to its limit (bool, float and text are not
+    whole numbers)."""
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -147,9 +150,11 @@ def _check_fields(cfg: Any) -> None:
             )
         value = int(value)
         object.__setattr__(cfg, f.name, value)  # a numpy integer becomes a plain int
-        top = _limit(f.name)
-        if not 1 <= value <= top:
-            raise ConfigError(f"{type(cfg).__name__}.{f.name} must be between 1 and {top}, got {value}")
+        top, bottom = _limit(f.name), 0 if f.name in _MAY_BE_ZERO else 1
+        if not bottom <= value <= top:
+            raise ConfigError(
+                f"{type(cfg).__name__}.{f.name} must be between {bottom} and {top}, got {value}"
+            )
 
 
 def block_kwargs(in_features: int, cfg: VAEConfig | DiTConfig, max_spatial_len: int) -> dict[str, int]:

@@ -91,7 +91,7 @@ def test_a_config_json_asking_for_a_billion_layers_is_refused_at_once(files, tmp
         tmp_path / "w", (files["weights"] / "model.safetensors").read_bytes(), config
     )
     result = dfc("compress", files["video"], tmp_path / "o.dfc", "--weights", folder, timeout=120)
-    assert "encoder_depth must be between 1 and 1024" in one_line_error(result, "compress")
+    assert "encoder_depth must be between 0 and 1024" in one_line_error(result, "compress")
 
 
 def test_bad_options_are_one_line(files, tmp_path):

@@ -67,9 +67,10 @@ def test_safetensors_sizes_are_checked_against_the_file_before_anything_is_alloc
         ("encoder_depth", [2], "whole number"),
         ("encoder_depth", "2", "whole number"),
         ("encoder_depth", True, "whole number"),
-        ("encoder_depth", 0, "between 1 and 1024"),
-        ("decoder_depth", -1, "between 1 and 1024"),
-        ("encoder_depth", 10**9, "between 1 and 1024"),
+        ("mlp_dim", 0, "between 1 and 65536"),
+        ("num_heads", -1, "between 1 and 65536"),
+        ("decoder_depth", -1, "between 0 and 1024"),
+        ("encoder_depth", 10**9, "between 0 and 1024"),
         ("height", 40000, "between 1 and 8192"),
         ("mlp_dim", 10**12, "between 1 and 65536"),
     ],
@@ -457,7 +458,7 @@ def test_any_config_json_is_a_valid_config_or_one_error(text):
     except ConfigError as err:
         one_line(err)
         return
-    assert 1 <= config.encoder_depth <= 1024 if hasattr(config, "encoder_depth") else config.depth <= 1024
+    assert 0 <= config.encoder_depth <= 1024 if hasattr(config, "encoder_depth") else config.depth <= 1024
 
 
 _GOOD_DFC = encoded("sha256:x")
