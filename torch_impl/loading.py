@@ -277,7 +277,7 @@ def _find(source: str | os.PathLike, model_type: str) -> tuple[list[Path], Path 
             try:
                 weight_map, shards = st_header.read_index(path)
             except st_header.IndexFileError as err:
-                raise (WeightsNotFoundError if err.missing else WeightsError)(str(err)) from None
+                raise (WeightsNotFoundError if err.missing else WeightsFileError)(str(err)) from None
             return shards, config, weight_map
         for name in (SAFETENSORS_NAME, HUB_FILENAMES[model_type]):
             if (path / name).exists():
