@@ -80,6 +80,13 @@ class Context:
     cache: dict = field(default_factory=dict)
     started: float = 0.0
 
+    def allows(self, seconds: float) -> bool:
+        """Whether `seconds` more fit both the run's budget and this stage's share of it (a stage may
+        use up to its share counted from its own start, so time an earlier stage left goes to later ones)."""
+        share = SHARES.get(self.name, 1.0) * self.clock.budget_s
+        stage_left = self.started + share - time.monotonic()
+        return self.clock.allows(seconds) and stage_left >= seconds
+
     def log(self, message: str) -> None:
         print(f"[gpu-check {self.clock.elapsed():6.1f}s] {self.name}: {message}", flush=True)
 
@@ -110,6 +117,8 @@ def _stage_runner(name: str):
 
 
 MIN_STAGE_S = 15.0  # a stage is not started with less left than this
+# the most of the run's budget each stage may take, so that one slow stage cannot starve every later one
+SHARES = {"parity": 0.5, "sdpa": 0.15, "discrete": 0.12, "bench": 1.0}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -146,7 +146,7 @@ def run(ctx) -> StageResult:
     rows = []
     with pinned(PINNED, plan.device):
         for name, measure in (("vae", _vae), ("dit", _dit)):
-            if not ctx.clock.allows(15):
+            if not ctx.allows(15):
                 rows.append({"output": name, "skipped": "time budget"})
                 continue
             ctx.log(f"{name}: {plan.seeds} seeds")

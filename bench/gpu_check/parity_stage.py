@@ -63,18 +63,27 @@ def _settings(plan, precision: str):
     return Settings(precision=p, numerics=numerics, device=plan.device, seed=0)
 
 
-def _sampling(ctx, subjects, settings, weights: dict) -> tuple[dict, Any, list]:
-    """The trajectory judged per step; the torch DiT (reused by the runner); the layer-by-layer cases."""
-    from parity import cases as C
+def _lineup(subjects, settings, weights: dict):
+    """Every subject built once per precision (the runner reuses its weights and torch models)."""
     from parity.environment import pinned
     from parity.runner import Lineup
 
+    with pinned(settings.pins, settings.device):
+        lineup = Lineup.build(subjects, settings, weights=weights or None)
+    weights.update(lineup.weights)
+    return lineup
+
+
+def _sampling(ctx, lineup, settings) -> tuple[dict, list]:
+    """The trajectory judged after every step, and the layer-by-layer cases on the reference's states."""
+    from parity import cases as C
+    from parity.environment import pinned
+
     plan = ctx.plan
-    inputs = C.dit_inputs(C.Shape(plan.batch, plan.frames))(subjects, np.random.default_rng(settings.seed))
+    make = C.dit_inputs(C.Shape(plan.batch, plan.frames))
+    inputs = make(lineup.subjects, np.random.default_rng(settings.seed))
     noise, mask = inputs["noise"], inputs["mask"]
     with pinned(settings.pins, plan.device):
-        lineup = Lineup.build({"dit": subjects["dit"]}, settings, weights=weights or None)
-        weights.update(lineup.weights)
         if "reference" not in ctx.cache:
             ctx.log(f"sampling: JAX fp32 reference, {plan.steps} steps")
             ctx.cache["reference"] = trajectory.jax_states(lineup.reference["dit"], noise, mask, plan.steps)
@@ -82,9 +91,8 @@ def _sampling(ctx, subjects, settings, weights: dict) -> tuple[dict, Any, list]:
         jax_run = None
         if settings.precision.value != "fp32":
             ctx.log(f"sampling: JAX bf16 ({settings.verdict_judge}), {plan.steps} steps")
-            jax_run = trajectory.jax_states(
-                lineup.jax[settings.verdict_judge]["dit"], noise, mask, plan.steps
-            )
+            model = lineup.jax[settings.verdict_judge]["dit"]
+            jax_run = trajectory.jax_states(model, noise, mask, plan.steps)
         ctx.log(f"sampling: torch {settings.precision.value}, {plan.steps} steps")
         torch_run = trajectory.torch_states(lineup.torch["dit"], noise, mask, plan.steps, plan.device)
         found = trajectory.judge(reference, torch_run, jax_run, mask)
@@ -95,54 +103,84 @@ def _sampling(ctx, subjects, settings, weights: dict) -> tuple[dict, Any, list]:
         state = noise if s == 0 else reference[0][s - 1]
         time = np.full((noise.shape[0], 1), s / n, np.float32)
         layer_cases.append(step_case(s, n, {"latent": state, "mask": mask, "time": time}))
-    return found, lineup.torch["dit"], layer_cases
+    return found, layer_cases
 
 
-def _case_table(report_json: dict) -> list[str]:
-    lines = ["| case | mode | pass | first divergent |", "|---|---|---|---|"]
+def _case_rows(report_json: dict) -> list[dict[str, Any]]:
     judge = report_json["verdict_judge"]
-    for c in report_json["cases"]:
-        first = (
-            "error: " + c["error"].splitlines()[0] if c["error"] else (c["first_divergent"][judge] or "none")
-        )
-        lines.append(
-            f"| {c['case']} | {c['mode']} | {'ok' if c['passed'][judge] else '**FAIL**'} | {first} |"
-        )
+    return [
+        {
+            "case": c["case"],
+            "mode": c["mode"],
+            "passed": c["passed"][judge],
+            "first_divergent": c["first_divergent"][judge],
+            "error": c["error"].splitlines()[0] if c["error"] else None,
+        }
+        for c in report_json["cases"]
+    ]
+
+
+def _case_table(rows: list[dict]) -> list[str]:
+    lines = ["| case | mode | pass | first divergent | report |", "|---|---|---|---|---|"]
+    for c in rows:
+        if c.get("skipped"):
+            lines.append(f"| {c['case']} | | skipped ({c['skipped']}) | | |")
+            continue
+        first = "error: " + c["error"] if c["error"] else (c["first_divergent"] or "none")
+        mark = "ok" if c["passed"] else "**FAIL**"
+        lines.append(f"| {c['case']} | {c['mode']} | {mark} | {first} | `{c['report']}` |")
     return lines
 
 
-def _parity(ctx, subjects, precision: str, weights: dict) -> dict[str, Any]:
+def _parity(ctx, subjects, precision: str, weights: dict, save) -> dict[str, Any]:
+    """One precision: each case through the parity runner on its own (its report written at once), the
+    sampling trajectory, then the layer-by-layer sampler steps."""
     from parity import report
     from parity.runner import run as run_parity
 
     settings = _settings(ctx.plan, precision)
-    found, torch_dit, layer_cases = _sampling(ctx, subjects, settings, weights)
-    cases = _cases(ctx.plan) + layer_cases
-    used = {n: subjects[n] for n in dict.fromkeys(n for c in cases for n in c.models)}
-    result = run_parity(
-        used,
-        cases,
-        settings,
-        title=f"{ctx.plan.config} sizes on {ctx.plan.device}, torch {precision}",
-        weights={"dit": weights["dit"]},
-        torch_models={"dit": torch_dit},
-        describe={"gpu_check": ctx.plan.as_dict()},
-        progress=lambda name: ctx.log(f"{precision}: {name}"),
-    )
+    lineup = _lineup(subjects, settings, weights)
     folder = ctx.folder / f"parity-{ctx.plan.config}-{precision}-{ctx.plan.device}"
-    report.write(result, folder)
-    as_json = report.to_json(result)
-    return {
-        "precision": precision,
-        "passed": bool(result.passed) and found["passed"],
-        "layers_passed": result.passed,
-        "verdict_judge": result.verdict_judge,
-        "first_divergent": report.first_divergent_text(result),
-        "report": folder.name,
-        "cases": [{k: c[k] for k in ("case", "mode", "passed", "error")} for c in as_json["cases"]],
-        "sampling": found,
-        "_table": _case_table(as_json),
-    }
+    found: dict[str, Any] = {"precision": precision, "verdict_judge": settings.verdict_judge, "cases": []}
+    found["report"] = folder.name
+
+    def run_cases(cases) -> None:
+        for case in cases:
+            if not ctx.allows(15):
+                found["cases"].append({"case": case.name, "skipped": "time budget", "passed": False})
+                continue
+            ctx.log(f"{precision}: {case.name}")
+            used = {n: subjects[n] for n in case.models}
+            result = run_parity(
+                used,
+                [case],
+                settings,
+                title=f"{case.name}, {ctx.plan.config} sizes on {ctx.plan.device}, torch {precision}",
+                weights={n: lineup.weights[n] for n in used},
+                torch_models={n: lineup.torch[n] for n in used},
+                describe={"gpu_check": ctx.plan.as_dict()},
+            )
+            report.write(result, folder / case.name)
+            for row in _case_rows(report.to_json(result)):
+                found["cases"].append({**row, "report": f"{folder.name}/{case.name}/report.md"})
+            save(found)
+
+    run_cases(_cases(ctx.plan))
+    if ctx.allows(20):
+        found["sampling"], layer_cases = _sampling(ctx, lineup, settings)
+        save(found)
+        run_cases(layer_cases)
+    else:
+        found["sampling"] = None
+    bad = next((c for c in found["cases"] if not c["passed"]), None)
+    found["first_divergent"] = (
+        "none"
+        if bad is None
+        else f"{bad['case']} ({bad.get('mode') or bad.get('skipped')}): "
+        + str(bad.get("error") or bad.get("first_divergent") or bad.get("skipped"))
+    )
+    found["passed"] = bad is None and bool(found["sampling"]) and found["sampling"]["passed"]
+    return found
 
 
 def device_distance(ctx, subjects) -> dict[str, Any]:
@@ -167,7 +205,7 @@ def device_distance(ctx, subjects) -> dict[str, Any]:
         with jax.default_device(cpu):
             there = Lineup.build(wanted, settings, weights=here.weights, torch_models=no_torch)
         for case in cases:
-            if not ctx.clock.allows(20):
+            if not ctx.allows(20):
                 rows.append({"case": case.name, "skipped": "time budget"})
                 continue
             ctx.log(f"JAX fp32 device vs CPU: {case.name}")
@@ -202,38 +240,29 @@ def device_distance(ctx, subjects) -> dict[str, Any]:
     return {"rows": rows, "note": "cpu vs cpu: no device here, plumbing only" if same else "device vs cpu"}
 
 
-def run(ctx) -> StageResult:
-    subjects = _subjects(ctx.plan)
-    weights: dict = {}
-    data: dict[str, Any] = {"runs": []}
+def _markdown(runs: list[dict], distance: dict | None) -> str:
     md = ["# Parity on the device", ""]
-    verdicts = []
-    for precision in PRECISIONS:
-        if not ctx.clock.allows(30):
-            verdicts.append(f"{precision} skipped (time budget)")
-            continue
-        found = _parity(ctx, subjects, precision, weights)
-        table = found.pop("_table")
-        data["runs"].append(found)
-        verdicts.append(f"{precision} {'PASS' if found['passed'] else 'FAIL'}")
-        s = found["sampling"]
+    for found in runs:
+        precision = found["precision"]
+        verdict = "PASS" if found.get("passed") else "FAIL (or incomplete)"
         md += [
-            f"## torch {precision} against JAX ({found['verdict_judge']}): {verdicts[-1].split()[-1]}",
+            f"## torch {precision} against JAX ({found['verdict_judge']}): {verdict}",
             "",
-            f"First divergent layer: {found['first_divergent']}. Report: `{found['report']}/report.md`.",
+            f"First divergent: {found.get('first_divergent', '(running)')}. Reports: `{found['report']}/`.",
             "",
-            *table,
-            "",
-            f"Sampling, {s['steps']} Euler steps, state and gaps after every step "
-            f"(first failing step: {s['first_failing_step']}):",
-            "",
-            *trajectory.markdown(s, precision),
+            *_case_table(found["cases"]),
             "",
         ]
-        ctx.partial(data, "\n".join(md), "; ".join(verdicts))
-    if ctx.clock.allows(30):
-        distance = device_distance(ctx, subjects)
-        data["jax_fp32_device_vs_cpu"] = distance
+        s = found.get("sampling")
+        if s:
+            md += [
+                f"Sampling, {s['steps']} Euler steps, state and gaps after every step "
+                f"(first failing step: {s['first_failing_step']}):",
+                "",
+                *trajectory.markdown(s, precision),
+                "",
+            ]
+    if distance:
         md += [
             f"## JAX fp32 on the device against JAX fp32 on the CPU ({distance['note']})",
             "",
@@ -248,6 +277,32 @@ def run(ctx) -> StageResult:
                 md.append(f"| {r['case']} | skipped ({r['skipped']}) | | |")
             else:
                 md.append(f"| {r['case']} | {r['max_layer_rel']:.2e} | `{r['at']}` | {r['output_rel']:.2e} |")
+    return "\n".join(md) + "\n"
+
+
+def run(ctx) -> StageResult:
+    subjects = _subjects(ctx.plan)
+    weights: dict = {}
+    data: dict[str, Any] = {"runs": []}
+    verdicts = []
+
+    def save(found):
+        runs = [r for r in data["runs"] if r is not found] + [found]
+        ctx.partial({"runs": runs}, _markdown(runs, None), "; ".join(verdicts))
+
+    for precision in PRECISIONS:
+        if not ctx.allows(30):
+            verdicts.append(f"{precision} skipped (time budget)")
+            continue
+        found = _parity(ctx, subjects, precision, weights, save)
+        data["runs"].append(found)
+        verdicts.append(f"{precision} {'PASS' if found['passed'] else 'FAIL'}")
+        save(found)
+    distance = None
+    if ctx.allows(30):
+        distance = data["jax_fp32_device_vs_cpu"] = device_distance(ctx, subjects)
     else:
         verdicts.append("device-vs-CPU distance skipped (time budget)")
-    return StageResult("parity", "ran", data=data, markdown="\n".join(md) + "\n", verdict="; ".join(verdicts))
+    return StageResult(
+        "parity", "ran", data=data, markdown=_markdown(data["runs"], distance), verdict="; ".join(verdicts)
+    )

@@ -121,7 +121,7 @@ def run(ctx) -> StageResult:
                     runnable.append(case)
             if not runnable:
                 continue
-            if not ctx.clock.allows(15):
+            if not ctx.allows(15):
                 rows += [
                     {
                         "backend": backend,
