@@ -1,7 +1,6 @@
-"""The GPU check's subjects and cases beyond `parity.cases`: the UNet alone, a FactoredAttention block
-without a mask (flash attention takes none), and single DiT steps on the reference's sampler states.
-
-All are plain `parity.subjects.Subject` / `parity.cases.Case` values, judged by the parity runner.
+"""The GPU check's cases beyond `parity.cases`: the UNet alone (`parity.subjects.unet_subject`), a
+FactoredAttention block without a mask (flash attention takes none), and single DiT steps on the
+reference's sampler states. All are plain `parity.cases.Case` values, judged by the parity runner.
 """
 
 from __future__ import annotations
@@ -10,29 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from common.config import VAEConfig
-from convert.tables import VAE_TABLE
 from parity import cases as C
-from parity.subjects import Subject, _jax_kwargs
-
-
-def unet_subject(cfg: VAEConfig) -> Subject:
-    """The VAE decoder's 3D UNet on its own, converted as `decoder.unet.` of the VAE table."""
-    args = (cfg.unet_channels, cfg.channels, cfg.unet_base_features, cfg.unet_num_levels)
-    args += (cfg.unet_temporal_kernel,)
-
-    def build_jax(dtype, numerics):
-        import jax_ref
-
-        return jax_ref.UNet(*args, **_jax_kwargs(dtype, numerics))
-
-    def build_torch():
-        import torch_impl
-
-        return torch_impl.UNet(*args)
-
-    # every submodule holds (B, C, T, H, W); the UNet's own input and output are channels last
-    return Subject("unet", cfg, VAE_TABLE, "decoder.unet.", build_jax, build_torch, ("?*",))
 
 
 def unet_case(shape: C.Shape) -> C.Case:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from bench.gpu_check import trajectory
-from bench.gpu_check.cases import step_case, unet_case, unet_subject
+from bench.gpu_check.cases import step_case, unet_case
 from bench.gpu_check.output import StageResult
 
 PRECISIONS = ("bf16", "fp32")  # the bf16 suite is the headline; fp32 runs with TF32 off
@@ -22,7 +22,7 @@ PRECISIONS = ("bf16", "fp32")  # the bf16 suite is the headline; fp32 runs with 
 
 def _subjects(plan) -> dict:
     from common.config import PRESETS
-    from parity.subjects import block_subject, dit_subject, vae_subject
+    from parity.subjects import block_subject, dit_subject, unet_subject, vae_subject
 
     vae, dit = PRESETS[plan.vae], PRESETS[plan.dit]
     subjects = [block_subject(dit), block_subject(vae), unet_subject(vae), vae_subject(vae), dit_subject(dit)]
@@ -54,7 +54,7 @@ DISTANCE_CASES = (
 )
 
 
-def _settings(plan, precision: str):
+def settings_for(plan, precision: str):
     from common.precision import Precision
     from parity.runner import NATURAL_NUMERICS, Settings
 
@@ -138,7 +138,7 @@ def _parity(ctx, subjects, precision: str, weights: dict, save) -> dict[str, Any
     from parity import report
     from parity.runner import run as run_parity
 
-    settings = _settings(ctx.plan, precision)
+    settings = settings_for(ctx.plan, precision)
     lineup = _lineup(subjects, settings, weights)
     folder = ctx.folder / f"parity-{ctx.plan.config}-{precision}-{ctx.plan.device}"
     found: dict[str, Any] = {"precision": precision, "verdict_judge": settings.verdict_judge, "cases": []}

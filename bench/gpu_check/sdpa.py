@@ -85,7 +85,7 @@ def _margin(case_json: dict, judge: str) -> float | None:
 
 
 def run(ctx) -> StageResult:
-    from bench.gpu_check.parity_stage import _settings
+    from bench.gpu_check.parity_stage import settings_for
     from common.config import PRESETS
     from parity import report
     from parity.environment import PINNED
@@ -97,7 +97,7 @@ def run(ctx) -> StageResult:
     rows: list[dict[str, Any]] = []
     for backend in BACKENDS:
         for precision in plan.sdpa_precisions:
-            settings = _settings(plan, precision)
+            settings = settings_for(plan, precision)
             settings = replace(settings, pins=PINNED.with_sdpa(backend), modes=("isolated",))
             runnable = []
             for case, masked in _cases(plan):

@@ -149,7 +149,7 @@ def _vae(ctx, dev: Device, peak: float | None) -> list[dict[str, Any]]:
     import jax_ref
     import torch_impl
     from common.config import PRESETS
-    from jax_ref.vae import _decode, _encode
+    from jax_ref.vae import jitted_decode, jitted_encode
 
     torch = dev.torch
     plan = ctx.plan
@@ -170,13 +170,13 @@ def _vae(ctx, dev: Device, peak: float | None) -> list[dict[str, Any]]:
             "vae encode",
             flops.vae_encode(cfg, frames)["total"],
             lambda: model.encoder(tv, tm),
-            lambda: jax.block_until_ready(_encode(jmodel.encoder, jv, jm)),
+            lambda: jax.block_until_ready(jitted_encode(jmodel.encoder, jv, jm)),
         ),
         (
             "vae decode",
             flops.vae_decode(cfg, frames)["total"],
             lambda: model.decoder(tl, tm),
-            lambda: jax.block_until_ready(_decode(jmodel.decoder, jl, jm)),
+            lambda: jax.block_until_ready(jitted_decode(jmodel.decoder, jl, jm)),
         ),
     ):
         if not ctx.allows(10):
