@@ -4,7 +4,8 @@ Kept frames (VAE compress, threshold and Bernoulli with the same uniform draws o
 DiT's frame gaps, positions and lengths after sampling, for `plan.seeds` seeds each. docs/PORTING.md's
 rule: torch bf16 may miss the JAX fp32 reference in no more places than JAX bf16 does; torch fp32 must
 miss it nowhere. Reported: mismatched elements and the share of seeds whose result is identical.
-JAX runs jitted here (as the training code ran), with matmul precision HIGHEST for the reference.
+JAX runs eagerly, as in every parity run (under jit XLA may fuse away bf16 roundings, which would make
+the yardstick stricter than JAX bf16 itself), with matmul precision HIGHEST for the reference.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def _keep_mask(gaps: np.ndarray, kept_valid: np.ndarray, frames: int) -> np.ndar
 
 
 def _vae(plan, device: str) -> dict[str, dict[str, np.ndarray]]:
+    import jax
     import jax.numpy as jnp
     import torch
 
@@ -68,12 +70,13 @@ def _vae(plan, device: str) -> dict[str, dict[str, np.ndarray]]:
         noise = draws if mode == "bernoulli" else None
         found = {}
         for side, model in jax_models.items():
-            c = model.compress(
-                jnp.asarray(videos),
-                jnp.asarray(mask),
-                mode=mode,
-                noise=None if noise is None else jnp.asarray(noise),
-            )
+            with jax.disable_jit():
+                c = model.compress(
+                    jnp.asarray(videos),
+                    jnp.asarray(mask),
+                    mode=mode,
+                    noise=None if noise is None else jnp.asarray(noise),
+                )
             found[side] = _keep_mask(np.asarray(c.gaps), np.asarray(c.kept_valid), frames)
         for side, model in torch_models.items():
             with torch.inference_mode():
@@ -85,6 +88,7 @@ def _vae(plan, device: str) -> dict[str, dict[str, np.ndarray]]:
 
 
 def _dit(plan, device: str) -> dict[str, dict[str, np.ndarray]]:
+    import jax
     import jax.numpy as jnp
     import torch
 
@@ -105,7 +109,8 @@ def _dit(plan, device: str) -> dict[str, dict[str, np.ndarray]]:
     mask = np.ones((plan.seeds, frames), bool)
     gaps, positions, totals = {}, {}, {}
     for side, model in jax_models.items():
-        _, g = jax_ref.sample(model, jnp.asarray(noise), jnp.asarray(mask), plan.discrete_steps)
+        with jax.disable_jit():
+            _, g = jax_ref.sample(model, jnp.asarray(noise), jnp.asarray(mask), plan.discrete_steps)
         p, n = jax_ref.gaps_to_positions(g, jnp.asarray(mask))
         gaps[side], positions[side], totals[side] = (
             np.round(np.asarray(g)),
