@@ -237,6 +237,16 @@ def open_video(
     return info, frames()
 
 
+def open_info(path: str | os.PathLike) -> VideoInfo:
+    """Size and fps (num_frames 0 for files: not counted) without reading frames; fails as `open_video`."""
+    path = _check_input(path)
+    if path.is_dir():
+        return _iter_folder(path, None)[0]
+    info, raw = _open_ffmpeg(path, None)
+    raw.close()
+    return info
+
+
 def read_video(path: str | os.PathLike, *, max_frames: int | None = None) -> tuple[np.ndarray, VideoInfo]:
     """All frames of a video (or of the first `max_frames`) as uint8 `(T, H, W, 3)`, and its info."""
     info, frames = open_video(path, max_frames=max_frames)
@@ -375,6 +385,48 @@ def split_clips(num_frames: int, clip_frames: int = 32, max_len: int = 64) -> li
     if not 1 <= clip_frames <= max_len:
         raise UserError(f"clip length must be between 1 and the model's {max_len} frames, got {clip_frames}")
     return [(start, min(start + clip_frames, num_frames)) for start in range(0, num_frames, clip_frames)]
+
+
+def stream_clips(
+    path: str | os.PathLike,
+    clip_frames: int,
+    height: int,
+    width: int,
+    fit: str = "crop",
+    *,
+    max_len: int | None = None,
+    max_frames: int | None = None,
+) -> tuple[VideoInfo, Crop, Iterator[tuple[int, np.ndarray]]]:
+    """Read a video clip by clip, each frame fitted to the model as it arrives.
+
+    Returns the video's info (`num_frames` 0 while a file is not counted yet), how frames are fitted,
+    and an iterator of `(start, frames)`: float32 `(n, height, width, 3)` in [0, 1], `n = clip_frames`
+    except for a shorter last clip, which keeps its true length (the clips of `split_clips`). Only one
+    source frame and one fitted clip are held at a time, so memory does not grow with the video's
+    length. Bad input fails on opening (not a video) or while iterating (damaged, no frames), as a
+    `UserError`; a bad `clip_frames` fails before anything is read.
+    """
+    if not 1 <= clip_frames <= (max_len or clip_frames):
+        raise UserError(f"clip length must be between 1 and the model's {max_len} frames, got {clip_frames}")
+    info, frames = open_video(path, max_frames=max_frames)
+    crop = crop_box(info.width, info.height, width, height, fit)
+    box = (crop.left, crop.top, crop.left + crop.width, crop.top + crop.height)
+
+    def clips() -> Iterator[tuple[int, np.ndarray]]:
+        buffer = np.empty((clip_frames, height, width, 3), np.float32)
+        start = count = 0
+        for frame in frames:
+            np.multiply(_resize(frame, (width, height), box), np.float32(1 / 255), out=buffer[count])
+            count += 1
+            if count == clip_frames:
+                yield start, buffer.copy()
+                start, count = start + count, 0
+        if count:
+            yield start, buffer[:count].copy()
+        elif start == 0:
+            raise UserError(f"{path}: the video has no frames")
+
+    return info, crop, clips()
 
 
 # ----------------------------------------------------------------------------------------------- writing
