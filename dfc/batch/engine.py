@@ -190,7 +190,8 @@ def run_batch(job: Job, args, tasks: list[Task]) -> int:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     if args.lease <= 3 * HEARTBEAT_S:
         raise UserError(f"--lease must be more than {3 * HEARTBEAT_S:g} seconds, got {args.lease:g}")
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    _stop.clear()
+    previous = {how: signal.signal(how, _interrupt) for how in (signal.SIGINT, signal.SIGTERM)}
     try:
         if distributed_launch():
             return _run_distributed(job, args, tasks)
@@ -213,19 +214,40 @@ def run_batch(job: Job, args, tasks: list[Task]) -> int:
         job.finish(coordinator.out, tasks, coordinator.ledger, args)
         return coordinator.summary()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for how, handler in previous.items():
+            signal.signal(how, handler)
 
 
-def _raise_interrupt(signum, frame) -> None:
+_stop = threading.Event()
+
+
+def _interrupt(signum, frame) -> None:
+    """Ctrl-C or SIGTERM. The exception can be swallowed when the signal lands in a callback that
+    ignores exceptions (logging's at-fork hook while ffmpeg is started), so the flag is checked again
+    between clips and videos."""
+    _stop.set()
     raise KeyboardInterrupt
+
+
+def check_stop() -> None:
+    if _stop.is_set():
+        raise KeyboardInterrupt
 
 
 def _run_here(coordinator: Coordinator, job: Job, args) -> None:
     state = job.setup(args, args.device, None)
     name = worker_name()
+
+    def on_frames(count: int) -> None:
+        check_stop()
+        coordinator.add_frames(count)
+
     for ticket, task in enumerate(coordinator.todo):
+        check_stop()
         staging = coordinator.stage_dir(ticket, name)
-        coordinator.publish(task, staging, run_task(job, state, task, staging, coordinator.add_frames))
+        record = run_task(job, state, task, staging, on_frames)
+        check_stop()  # a video cut short by an interrupt is not a failed video
+        coordinator.publish(task, staging, record)
 
 
 # ---------------------------------------------------------------------------------- the store protocol
@@ -245,6 +267,7 @@ def serve(coordinator: Coordinator, store, lease_s: float, processes: dict[int, 
     remaining = len(coordinator.todo)
     store.set("ready", "1")
     while remaining:
+        check_stop()
         if store.check(["fatal"]):
             raise UserError(store.get("fatal").decode())
         coordinator.set_frames(store.add("frames", 0))
@@ -281,7 +304,8 @@ def serve(coordinator: Coordinator, store, lease_s: float, processes: dict[int, 
                 tickets[new] = task
                 store.set(f"ticket/{new}", task.to_json())
                 open_tickets.add(new)
-                coordinator.bar.write(f"dfc {coordinator.job.command}: {lost}; {task.name} handed out again")
+                message = f"dfc {coordinator.job.command}: {lost}; {task.name} handed out again"
+                coordinator.bar.write(message, file=sys.stderr)
         if processes is not None and all(p.poll() is not None for p in processes.values()) and remaining:
             codes = sorted({p.returncode for p in processes.values()})
             raise UserError(
