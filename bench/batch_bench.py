@@ -103,7 +103,8 @@ def render(result: dict, command: str, machine: str, load: str) -> str:
         "",
         f"Command: `{command}` (`bench/batch_bench.py`). {result['videos']} H.264 clips of "
         f"{result['frames']} frames at {result['size']}x{result['size']}, "
-        f"random-weight `{result['preset']}`, fp32, `--clip-frames {result['clip_frames']}`; median of {result['runs']} runs. Machine: "
+        f"random-weight `{result['preset']}`, fp32, `--clip-frames {result['clip_frames']}`; "
+        f"median of {result['runs']} runs. Machine: "
         f"{machine}, {os.cpu_count()} cores; load average at the start: {load} (a shared machine: other "
         "work ran beside this, so the figures are noisy).",
         "",
