@@ -253,3 +253,22 @@ def test_memory_does_not_grow_with_the_length_of_the_video(weights, tmp_path):
         peaks[name] = int(peak)
     assert read_container(tmp_path / "long.dfc").num_frames == 400
     assert peaks["long"] - peaks["short"] < 20e6, peaks  # the whole video decoded would add 78 MB
+
+
+@pytest.mark.slow
+def test_the_same_job_runs_under_torchrun_with_rank_0_coordinating(weights, tmp_path):
+    import socket
+
+    folder = _many(4, 32, tmp_path / "videos")
+    out = tmp_path / "out"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["--master-addr", "127.0.0.1", "--master-port", port, "-m", "dfc.cli", "compress", folder, out]
+    command += ["--weights", weights, "--clip-frames", 16, "--quiet"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(list(map(str, command)), env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert _done(out) == [f"v{i}.mp4" for i in range(4)]
+    assert "done     4 now: 128 frames" in result.stdout and "2 workers" in result.stdout
