@@ -132,6 +132,23 @@ def test_an_output_folder_that_is_not_a_run_is_refused_without_force(videos, wei
     assert result.returncode == 1 and (out / "a.dfc").is_file() and (out / "notes.txt").is_file()
 
 
+def test_a_ledger_line_torn_by_a_crash_is_dropped_and_its_video_done_again(tmp_path):
+    from dfc.batch.ledger import LEDGER_NAME, Ledger
+
+    out = tmp_path / "out"
+    ledger = Ledger.open(out, "compress", {"seed": 0}, force=False)
+    stamp = {"size": 1, "mtime_ns": 2}
+    ledger.append({"status": "done", "input": "/v/a.mp4", **stamp})
+    ledger.close()
+    with open(out / LEDGER_NAME, "a") as f:
+        f.write('{"status": "done", "input": "/v/b.mp4", "si')  # the machine died here
+    resumed = Ledger.open(out, "compress", {"seed": 0}, force=False)
+    assert resumed.is_finished("/v/a.mp4", stamp) and not resumed.is_finished("/v/b.mp4", stamp)
+    resumed.append({"status": "done", "input": "/v/b.mp4", **stamp})
+    resumed.close()
+    assert len(Ledger.open(out, "compress", {"seed": 0}, force=False).records) == 2
+
+
 def test_a_glob_and_a_manifest_name_the_videos(videos, tmp_path):
     from dfc.batch.inputs import resolve
 

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dfc.batch.inputs import Task
-from dfc.batch.ledger import LEDGER_NAME, Ledger, input_stamp
+from dfc.batch.ledger import LEDGER_NAME, STAGING_NAME, Ledger, input_stamp
 from dfc.errors import UserError
 
-STAGING = ".dfc-staging"
+STAGING = STAGING_NAME
 HEARTBEAT_S = 1.0
 POLL_S = 0.2
 DEFAULT_LEASE_S = 60.0
@@ -109,6 +109,7 @@ class Coordinator:
         self.stamps = {t.id: input_stamp(t.input) for t in tasks}
         self.todo = [t for t in tasks if not self.ledger.is_finished(t.input, self.stamps[t.id])]
         self.skipped = len(tasks) - len(self.todo)
+        self.workers = min(workers, max(1, len(self.todo)))
         self.staging = self.out / STAGING
         shutil.rmtree(self.staging, ignore_errors=True)  # what an interrupted run was writing
         from tqdm.auto import tqdm
@@ -195,7 +196,7 @@ def run_batch(job: Job, args, tasks: list[Task]) -> int:
     try:
         if distributed_launch():
             return _run_distributed(job, args, tasks)
-        coordinator = Coordinator(job, args, tasks, min(args.workers, max(1, len(tasks))))
+        coordinator = Coordinator(job, args, tasks, args.workers)
         try:
             if coordinator.todo and coordinator.workers > 1:
                 _run_local_workers(coordinator, job, args)

@@ -21,6 +21,7 @@ from typing import Any
 from dfc.errors import UserError
 
 LEDGER_NAME = "dfc-ledger.jsonl"
+STAGING_NAME = ".dfc-staging"  # where workers write a video's outputs until it is finished (dfc.batch.engine)
 FORMAT = 1
 
 
@@ -57,8 +58,8 @@ class Ledger:
             if not out.absolute().parent.is_dir():
                 raise UserError(f"{out}: the folder {out.absolute().parent} does not exist")
             out.mkdir()
-        elif path.is_file() and not force:
-            ledger = cls._read(path)
+        elif path.is_file() and not force and cls._read(path).records:
+            ledger = cls._read(path)  # (a ledger with no video yet, e.g. the weights failed: start again)
             theirs = ledger.header
             if theirs.get("command") != command:
                 raise UserError(
@@ -72,7 +73,7 @@ class Ledger:
                 )
             ledger._truncate_torn_tail()
             return ledger
-        elif any(out.iterdir()) and not force:
+        elif any(p.name not in (LEDGER_NAME, STAGING_NAME) for p in out.iterdir()) and not force:
             raise UserError(
                 f"{out}: exists and is not an empty folder, and holds no ledger of an earlier run to resume; "
                 "choose a new folder or pass --force"
