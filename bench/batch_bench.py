@@ -125,9 +125,15 @@ def render(result: dict, command: str, machine: str, load: str) -> str:
         "what one process leaves idle: video decoding in ffmpeg, Python between model calls, writing, "
         "and the worker start-up that the second worker overlaps. On a machine with more cores, or one "
         "GPU per worker, each worker brings its own compute.",
-        "",
-        END,
     ]
+    if float(load.split(",")[0]) > (os.cpu_count() or 1):
+        lines += [
+            "",
+            "This run's load average was above the core count: other processes competed for the cores, "
+            "and two worker processes win a larger share of a contended machine than one, so the "
+            "speed-up above overstates what an idle machine gives.",
+        ]
+    lines += ["", END]
     return "\n".join(lines) + "\n"
 
 
