@@ -179,7 +179,11 @@ def test_evaluate_over_a_manifest_resumes_and_tables_every_finished_video(videos
     assert [(r["video"], r["frames"]) for r in rows] == [("b.mkv", 8), ("b.mkv", 1)]
 
 
-@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize(
+    "how",
+    [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],  # one handler serves both
+    ids=["ctrl-c", "sigterm"],
+)
 def test_an_interrupted_run_resumes_where_it_stopped_and_never_redoes_a_finished_video(
     weights, tmp_path, how
 ):
