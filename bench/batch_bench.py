@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.cli_bench import _test_clip
+from bench.cli_bench import make_clip
 from bench.machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def measure(preset: str, videos: int, frames: int, size: int, clip_frames: int, 
         folder = scratch / "videos"
         folder.mkdir()
         for index in range(videos):
-            _test_clip(folder / f"clip{index:02d}.mp4", frames, size)
+            make_clip(folder / f"clip{index:02d}.mp4", frames, size)
         rows = []
         for workers in (1, 2):
             results = [_run(folder, scratch / "out", weights, workers, clip_frames) for _ in range(runs)]

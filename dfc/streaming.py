@@ -1,21 +1,21 @@
 """Compressing a video clip by clip, so memory does not grow with its length (what `dfc compress` runs).
 
-`dfc.video.stream_clips` reads and fits one clip at a time; clips of equal length are encoded `batch_size`
-at a time, and only the kept latents (the output) are kept. Quality (`measure`) is summed per clip, so it
-needs no second copy of the video either.
+`dfc.video.open_video` + `fit_clips` read and fit one clip at a time; clips of equal length are encoded
+`batch_size` at a time, and only the kept latents (the output) are kept. Quality (`measure`) is summed
+per clip, so it needs no second copy of the video either.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from dfc.container import ClipLatents, CompressedVideo, KeepSettings, stored_values
-from dfc.video import VideoInfo, stream_clips
+from dfc.video import VideoInfo, check_clip_frames, fit_clips, open_video
 
 
 @dataclass
@@ -45,6 +45,7 @@ def compress_stream(
     vae,
     path: str | os.PathLike,
     *,
+    opened: tuple[VideoInfo, Iterator[np.ndarray]] | None = None,
     weights_id: str,
     mode: str = "threshold",
     k: int | None = None,
@@ -63,14 +64,19 @@ def compress_stream(
 
     The same latents as `codec.compress_video` (same clips, same Bernoulli draws per clip index).
     `measure`: latent dtypes whose decoded MSE/PSNR against the model-size input to report.
-    `on_frames(n)` is called as each batch of `n` frames is done (progress).
+    `on_frames(n)` is called as each batch of `n` frames is done (progress). `opened`: what
+    `dfc.video.open_video(path)` returned, when the caller opened the video already.
     """
-    from torch_impl.codec import _check_keep, compress_clip_batch, decode_clips, model_info
+    from dfc.codec import check_keep, compress_clip_batch, decode_clips, model_info
 
-    _check_keep(mode, k, keep_rate)
+    check_keep(mode, k, keep_rate)
     cfg = vae.config
-    info, crop, clips = stream_clips(
-        path, clip_frames, cfg.height, cfg.width, fit, max_len=cfg.max_temporal_len, max_frames=max_frames
+    if opened is None:
+        check_clip_frames(clip_frames, cfg.max_temporal_len)  # before ffmpeg starts
+        opened = open_video(path, max_frames=max_frames)
+    info, frames = opened
+    crop, clips = fit_clips(
+        frames, info, clip_frames, cfg.height, cfg.width, fit, max_len=cfg.max_temporal_len, source=path
     )
     squares = {dtype: _Squares() for dtype in measure}
     done: list[ClipLatents] = []

@@ -11,8 +11,6 @@ import json
 import math
 import os
 import re
-import secrets
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.atomic import atomic_output as staged_output
 from dfc.errors import UserError
 
 FIT_MODES = ("crop", "stretch")
@@ -237,16 +236,6 @@ def open_video(
     return info, frames()
 
 
-def open_info(path: str | os.PathLike) -> VideoInfo:
-    """Size and fps (num_frames 0 for files: not counted) without reading frames; fails as `open_video`."""
-    path = _check_input(path)
-    if path.is_dir():
-        return _iter_folder(path, None)[0]
-    info, raw = _open_ffmpeg(path, None)
-    raw.close()
-    return info
-
-
 def read_video(path: str | os.PathLike, *, max_frames: int | None = None) -> tuple[np.ndarray, VideoInfo]:
     """All frames of a video (or of the first `max_frames`) as uint8 `(T, H, W, 3)`, and its info."""
     info, frames = open_video(path, max_frames=max_frames)
@@ -387,28 +376,30 @@ def split_clips(num_frames: int, clip_frames: int = 32, max_len: int = 64) -> li
     return [(start, min(start + clip_frames, num_frames)) for start in range(0, num_frames, clip_frames)]
 
 
-def stream_clips(
-    path: str | os.PathLike,
+def check_clip_frames(clip_frames: int, max_len: int | None) -> None:
+    if not 1 <= clip_frames <= (max_len or clip_frames):
+        raise UserError(f"clip length must be between 1 and the model's {max_len} frames, got {clip_frames}")
+
+
+def fit_clips(
+    frames: Iterator[np.ndarray],
+    info: VideoInfo,
     clip_frames: int,
     height: int,
     width: int,
     fit: str = "crop",
     *,
     max_len: int | None = None,
-    max_frames: int | None = None,
-) -> tuple[VideoInfo, Crop, Iterator[tuple[int, np.ndarray]]]:
-    """Read a video clip by clip, each frame fitted to the model as it arrives.
+    source: str | os.PathLike = "the video",
+) -> tuple[Crop, Iterator[tuple[int, np.ndarray]]]:
+    """Frames as they arrive (`open_video`) -> how they are fitted, and an iterator of `(start, clip)`.
 
-    Returns the video's info (`num_frames` 0 while a file is not counted yet), how frames are fitted,
-    and an iterator of `(start, frames)`: float32 `(n, height, width, 3)` in [0, 1], `n = clip_frames`
-    except for a shorter last clip, which keeps its true length (the clips of `split_clips`). Only one
-    source frame and one fitted clip are held at a time, so memory does not grow with the video's
-    length. Bad input fails on opening (not a video) or while iterating (damaged, no frames), as a
-    `UserError`; a bad `clip_frames` fails before anything is read.
+    Each clip is float32 `(n, height, width, 3)` in [0, 1], `n = clip_frames` except for a shorter last
+    clip, which keeps its true length (the clips of `split_clips`). Each frame is fitted as it arrives,
+    so only one source frame and one fitted clip are held at a time: memory does not grow with the
+    video's length. A bad `clip_frames` fails at once; a video with no frames when the iterator ends.
     """
-    if not 1 <= clip_frames <= (max_len or clip_frames):
-        raise UserError(f"clip length must be between 1 and the model's {max_len} frames, got {clip_frames}")
-    info, frames = open_video(path, max_frames=max_frames)
+    check_clip_frames(clip_frames, max_len)
     crop = crop_box(info.width, info.height, width, height, fit)
     box = (crop.left, crop.top, crop.left + crop.width, crop.top + crop.height)
 
@@ -424,18 +415,30 @@ def stream_clips(
         if count:
             yield start, buffer[:count].copy()
         elif start == 0:
-            raise UserError(f"{path}: the video has no frames")
+            raise UserError(f"{source}: the video has no frames")
 
-    return info, crop, clips()
+    return crop, clips()
+
+
+def stream_clips(
+    path: str | os.PathLike,
+    clip_frames: int,
+    height: int,
+    width: int,
+    fit: str = "crop",
+    *,
+    max_len: int | None = None,
+    max_frames: int | None = None,
+) -> tuple[VideoInfo, Crop, Iterator[tuple[int, np.ndarray]]]:
+    """Read a video clip by clip (`open_video` + `fit_clips`): its info (`num_frames` 0 while a file is
+    not counted yet), how frames are fitted, and the `(start, clip)` iterator."""
+    check_clip_frames(clip_frames, max_len)  # before ffmpeg starts
+    info, frames = open_video(path, max_frames=max_frames)
+    crop, clips = fit_clips(frames, info, clip_frames, height, width, fit, max_len=max_len, source=path)
+    return info, crop, clips
 
 
 # ----------------------------------------------------------------------------------------------- writing
-
-
-def _temporary_sibling(path: Path) -> Path:
-    # Same folder, so the final rename never crosses file systems and is atomic; hidden, so a half-written
-    # file is never mistaken for a result.
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
 
 
 @contextlib.contextmanager
@@ -446,15 +449,11 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise UserError(f"{path}: the folder {path.parent} does not exist")
     if path.is_dir():
         raise UserError(f"{path}: is a folder")
-    tmp = _temporary_sibling(path)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with staged_output(path) as tmp:
+            yield tmp
     except OSError as err:
         raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def _is_folder_target(path: str | os.PathLike) -> bool:
@@ -479,20 +478,19 @@ def _write_folder(path: Path, frames: np.ndarray, fps: float) -> None:
         raise UserError(f"{path}: folder exists and is not empty; choose a new or empty folder")
     if not path.parent.is_dir():
         raise UserError(f"{path}: the folder {path.parent} does not exist")
-    tmp = _temporary_sibling(path)
     try:
-        tmp.mkdir()
-        for t, frame in enumerate(frames):
-            Image.fromarray(frame).save(tmp / FRAME_PATTERN.format(t))
-        info = {"fps": fps, "num_frames": len(frames), "width": frames.shape[2], "height": frames.shape[1]}
-        (tmp / FOLDER_INFO).write_text(json.dumps(info) + "\n", encoding="utf-8")
-        if path.exists():
-            path.rmdir()  # empty (checked above); rename cannot replace a folder otherwise
-        os.rename(tmp, path)
+        with staged_output(path, is_dir=True) as tmp:  # replaces an empty folder (checked above)
+            for t, frame in enumerate(frames):
+                Image.fromarray(frame).save(tmp / FRAME_PATTERN.format(t))
+            info = {
+                "fps": fps,
+                "num_frames": len(frames),
+                "width": frames.shape[2],
+                "height": frames.shape[1],
+            }
+            (tmp / FOLDER_INFO).write_text(json.dumps(info) + "\n", encoding="utf-8")
     except OSError as err:
         raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fps_argument(fps: float) -> str:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.atomic import StagedOutput
 from dfc.errors import UserError
 
 LEDGER_NAME = "dfc-ledger.jsonl"
@@ -78,15 +79,13 @@ class Ledger:
                 f"{out}: exists and is not an empty folder, and holds no ledger of an earlier run to resume; "
                 "choose a new folder or pass --force"
             )
-        ledger = cls(path, header, [])
-        tmp = path.with_name(f".{LEDGER_NAME}.part")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(header) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_folder(out)
-        return ledger
+        with StagedOutput(path, sync=True) as staged:
+            with open(staged.tmp, "w", encoding="utf-8") as f:
+                f.write(json.dumps(header) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            staged.commit()
+        return cls(path, header, [])
 
     @classmethod
     def _read(cls, path: Path) -> Ledger:
@@ -149,16 +148,3 @@ def _now() -> str:
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
     keys = sorted(set(old) | set(new))
     return ", ".join(f"{k} {old.get(k)!r} then, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k))
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

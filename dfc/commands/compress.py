@@ -121,13 +121,14 @@ def run(args: argparse.Namespace) -> int:
 
         return run_batch(JOB, args, resolve(args.input))
     _check_output(args)
-    from dfc.video import open_info
+    from dfc.video import open_video
 
-    open_info(args.input)  # bad input fails here, before the (slow) model load
+    opened = open_video(args.input)  # bad input fails here, before the (slow) model load
     state = JOB.setup(args, args.device, None)
     from tqdm.auto import tqdm
 
-    from dfc.container import quantization_effect, size_report, write_container
+    from dfc.container import write_container
+    from dfc.container_report import quantization_effect, size_report
 
     bar = None
 
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         bar.update(count)
 
     try:
-        streamed = _compress(state, args.input, on_frames)
+        streamed = _compress(state, args.input, on_frames, opened)
     finally:
         if bar is not None:
             bar.close()
@@ -153,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compress(state, source, on_frames):
-    """One video, read and encoded clip by clip (`dfc.streaming`)."""
+def _compress(state, source, on_frames, opened=None):
+    """One video, read and encoded clip by clip (`dfc.streaming`); `opened`: `open_video(source)`."""
     from dfc.streaming import compress_stream
 
     args = state.args
@@ -162,6 +163,7 @@ def _compress(state, source, on_frames):
     return compress_stream(
         state.loaded.model,
         source,
+        opened=opened,
         weights_id=state.loaded.identity,
         mode=args.mode,
         k=args.keep,
@@ -199,10 +201,9 @@ class _CompressJob:
         loaded = load_model("vae", args.weights, device, args.precision)
         limit = loaded.model.config.max_temporal_len
         clip_frames = args.clip_frames or min(DEFAULT_CLIP_FRAMES, limit)
-        if not 1 <= clip_frames <= limit:
-            raise UserError(
-                f"clip length must be between 1 and the model's {limit} frames, got {clip_frames}"
-            )
+        from dfc.video import check_clip_frames
+
+        check_clip_frames(clip_frames, limit)
         return SimpleNamespace(args=args, loaded=loaded, clip_frames=clip_frames)
 
     def run(self, state, task, staging: Path, on_frames) -> dict:

@@ -125,10 +125,9 @@ class _EvaluateJob:
         loaded = load_model("vae", args.weights, device, args.precision)
         limit = loaded.model.config.max_temporal_len
         clip_frames = args.clip_frames or min(32, limit)
-        if not 1 <= clip_frames <= limit:
-            raise UserError(
-                f"clip length must be between 1 and the model's {limit} frames, got {clip_frames}"
-            )
+        from dfc.video import check_clip_frames
+
+        check_clip_frames(clip_frames, limit)
         return SimpleNamespace(args=args, loaded=loaded, clip_frames=clip_frames, topk=_topk(args.topk))
 
     def run(self, state, task, staging: Path, on_frames) -> dict:
@@ -216,8 +215,8 @@ def _figures(folder: Path, result, pictures, fps: float) -> list[str]:
 
 
 def _tables(folder: Path, results, args, record, topk) -> None:
+    from common.atomic import atomic_output
     from dfc.evaluation import markdown_table, to_csv, to_json
-    from dfc.video import atomic_output
 
     settings = {
         "folder": str(args.folder),
