@@ -132,6 +132,18 @@ def test_an_output_folder_that_is_not_a_run_is_refused_without_force(videos, wei
     assert result.returncode == 1 and (out / "a.dfc").is_file() and (out / "notes.txt").is_file()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_weights_that_do_not_load_stop_the_job_with_one_line(videos, tmp_path, workers):
+    damaged = tmp_path / "vae"
+    damaged.mkdir()
+    (damaged / "model.safetensors").write_bytes(b"not a safetensors file")
+    (damaged / "config.json").write_text("{}")
+    out = tmp_path / "out"
+    result = dfc("compress", videos, out, "--weights", damaged, "--workers", workers, "--quiet")
+    assert "cannot load VAE weights" in one_line_error(result, "compress")
+    assert _records(out) == [] and not list(out.glob("*.dfc"))
+
+
 def test_a_ledger_line_torn_by_a_crash_is_dropped_and_its_video_done_again(tmp_path):
     from dfc.batch.ledger import LEDGER_NAME, Ledger
 

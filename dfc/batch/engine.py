@@ -328,6 +328,10 @@ def work_from_store(store, job: Job, args, device: str, threads: int | None) -> 
     except UserError as err:
         store.set("fatal", str(err))
         raise
+    except Exception as err:  # noqa: BLE001 - any failure to start stops the job with one line
+        message = f"a worker could not start ({type(err).__name__}: {_first_line(err)})"
+        store.set("fatal", message)
+        raise UserError(message) from None
     name = worker_name()
     stop = threading.Event()
     beat_store = store.clone()
