@@ -40,6 +40,7 @@ class Ledger:
         self.path = path
         self.header = header
         self.records = records
+        self._latest = {record.get("input"): record for record in records}
         self._file = None
 
     # ----------------------------------------------------------------------------------- opening
@@ -112,11 +113,11 @@ class Ledger:
 
     def latest(self) -> dict[str, dict[str, Any]]:
         """The last record of each input (absolute path)."""
-        return {record["input"]: record for record in self.records}
+        return self._latest
 
     def is_finished(self, input_path: str, stamp: dict[str, int | None]) -> bool:
         """Done before, on an input of the same size and modification time."""
-        record = self.latest().get(input_path)
+        record = self._latest.get(input_path)
         return (
             record is not None
             and record.get("status") == "done"
@@ -134,6 +135,7 @@ class Ledger:
         self._file.flush()
         os.fsync(self._file.fileno())
         self.records.append(record)
+        self._latest[record["input"]] = record
 
     def close(self) -> None:
         if self._file is not None:
