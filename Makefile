@@ -37,6 +37,7 @@ parity: setup
 
 bench: setup
 	$(PY) -m bench.run
+	$(PY) -m bench.batch_bench
 
 # The CUDA readiness check (bench/gpu_check): no `setup` (a lent GPU has no package registry: it runs the
 # image's python3), and JAX_PLATFORMS=cpu above is dropped unless DEVICE=cpu sets it back.
