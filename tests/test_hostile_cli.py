@@ -105,20 +105,16 @@ def test_bad_options_are_one_line(files, tmp_path):
     assert "--seed must be" in line or "allows 255" in line
     from argparse import Namespace
 
-    from dfc.commands.compress import _check_arguments
+    from dfc.commands.compress import _check_options, _check_output
     from dfc.errors import UserError
 
     base = dict(
         mode="bernoulli", keep=None, keep_rate=None, batch=4, clip_frames=None, force=False, weights=None
     )
     with pytest.raises(UserError, match="--seed must be"):
-        _check_arguments(
-            Namespace(**base, seed=-1, input=str(files["video"]), output=str(tmp_path / "o.dfc"))
-        )
+        _check_options(Namespace(**base, seed=-1))
     with pytest.raises(UserError, match="allows 255"):
-        _check_arguments(
-            Namespace(**base, seed=0, input=str(files["video"]), output=str(tmp_path / ("n" * 300)))
-        )
+        _check_output(Namespace(**base, input=str(files["video"]), output=str(tmp_path / ("n" * 300))))
 
 
 # ------------------------------------------------------------------------ paths stay where they belong
