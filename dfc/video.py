@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic import StagedOutput
 from common.atomic import atomic_output as staged_output
 from dfc.errors import UserError
 
@@ -45,7 +43,7 @@ _MJPEG = ["-c:v", "mjpeg", "-q:v", "2", "-pix_fmt", "yuvj444p"]
 _GIF = ["-filter_complex", "split[a][b];[a]palettegen=stats_mode=full[p];[b][p]paletteuse", "-loop", "0"]
 
 # suffix -> (ffmpeg muxer, codec arguments for even sizes, for odd sizes)
-_FFMPEG_FORMATS = {
+FFMPEG_FORMATS = {
     ".mp4": ("mp4", _MP4_420, _X264_444),
     ".m4v": ("mp4", _MP4_420, _X264_444),
     ".mov": ("mov", _MP4_420, _X264_444),
@@ -54,7 +52,7 @@ _FFMPEG_FORMATS = {
     ".avi": ("avi", _MJPEG, _MJPEG),
     ".gif": ("gif", _GIF, _GIF),
 }
-OUTPUT_SUFFIXES = (*_FFMPEG_FORMATS, "/ (PNG folder)")
+OUTPUT_SUFFIXES = (*FFMPEG_FORMATS, "/ (PNG folder)")
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ class Crop:
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def _ffmpeg() -> str:
+def ffmpeg_exe() -> str:
     try:
         import imageio_ffmpeg
     except ImportError as err:  # pragma: no cover - the `video` extra is missing
@@ -126,7 +124,7 @@ def _check_input(path: str | os.PathLike) -> Path:
     return path
 
 
-def _ffmpeg_reason(text: str) -> str:
+def ffmpeg_reason(text: str) -> str:
     """The line of an ffmpeg log that says what went wrong, without the noise around it."""
     lines = []
     for line in text.splitlines():
@@ -148,7 +146,7 @@ def _has_no_frames(ffmpeg_log: str) -> bool:
 
 
 def _open_ffmpeg(path: Path, max_frames: int | None) -> tuple[VideoInfo, Iterator[bytes]]:
-    _ffmpeg()  # a clear message if the video extra is missing
+    ffmpeg_exe()  # a clear message if the video extra is missing
     import imageio_ffmpeg
 
     # passthrough: every decoded frame exactly once (no duplicates or drops to force a constant rate);
@@ -166,7 +164,7 @@ def _open_ffmpeg(path: Path, max_frames: int | None) -> tuple[VideoInfo, Iterato
             raise UserError(f"{path}: not a video (no video stream found)") from None
         if _has_no_frames(text):
             raise UserError(f"{path}: the video has no frames") from None
-        raise UserError(f"{path}: not a video ffmpeg can read ({_ffmpeg_reason(text)})") from None
+        raise UserError(f"{path}: not a video ffmpeg can read ({ffmpeg_reason(text)})") from None
     width, height = (int(v) for v in meta["size"])
     fps = float(meta.get("fps") or 0.0) or _stream_fps(path)
     info = VideoInfo(num_frames=0, fps=fps if fps > 0 else DEFAULT_FPS, width=width, height=height)
@@ -176,7 +174,7 @@ def _open_ffmpeg(path: Path, max_frames: int | None) -> tuple[VideoInfo, Iterato
 def _stream_header(path: Path) -> tuple[float, float | None]:
     """(frame rate, duration in seconds or None) as ffmpeg states them for a file's first video
     stream; imageio-ffmpeg cannot parse every rate (ffmpeg writes 1000 as "1k fps"). fps 0.0: none."""
-    cmd = [_ffmpeg(), "-nostdin", "-hide_banner", "-i", str(path)]
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path)]
     text = subprocess.run(cmd, capture_output=True, text=True, errors="replace").stderr
     fps, duration = 0.0, None
     found = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", text)
@@ -277,7 +275,7 @@ def open_video(
                 yield np.frombuffer(chunk, np.uint8).reshape(info.height, info.width, 3)
                 count += 1
         except RuntimeError as err:
-            raise UserError(f"{path}: the video is damaged ({_ffmpeg_reason(str(err))})") from None
+            raise UserError(f"{path}: the video is damaged ({ffmpeg_reason(str(err))})") from None
         finally:
             raw.close()
         if max_frames is None or count < max_frames:
@@ -303,14 +301,14 @@ def read_video(path: str | os.PathLike, *, max_frames: int | None = None) -> tup
 
 
 def _count_frames(path: Path) -> int:
-    cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-progress", "pipe:1", "-nostats", "-i", str(path)]
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-progress", "pipe:1", "-nostats", "-i", str(path)]
     cmd += ["-map", "0:v:0", "-fps_mode", "passthrough", "-f", "null", "-"]
     result = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     counts = re.findall(r"^frame=(\d+)$", result.stdout, flags=re.MULTILINE)
     if _has_no_frames(result.stderr) or (counts and int(counts[-1]) == 0):
         raise UserError(f"{path}: the video has no frames")
     if result.returncode != 0 or not counts:
-        raise UserError(f"{path}: the video is damaged ({_ffmpeg_reason(result.stderr)})")
+        raise UserError(f"{path}: the video is damaged ({ffmpeg_reason(result.stderr)})")
     return int(counts[-1])
 
 
@@ -508,7 +506,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
-def _is_folder_target(path: str | os.PathLike) -> bool:
+def is_folder_target(path: str | os.PathLike) -> bool:
     text = os.fspath(path)
     return text.endswith(("/", os.sep)) or os.path.isdir(text) or not Path(text).suffix
 
@@ -521,7 +519,7 @@ def _check_video_frames(frames: np.ndarray, fps: float) -> None:
         raise UserError(f"fps must be a positive number, got {fps}")
 
 
-def _fps_argument(fps: float) -> str:
+def fps_argument(fps: float) -> str:
     # An exact fraction keeps NTSC rates (30000/1001) exact instead of a rounded decimal.
     return str(Fraction(fps).limit_denominator(100_000))
 
@@ -536,118 +534,14 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path
     """
     _check_video_frames(frames, fps)
     target = Path(path)
-    if _is_folder_target(path):
+    if is_folder_target(path):
         if target.exists() and not target.is_dir():
             raise UserError(f"{path}: exists and is not a folder; give a video suffix (.mp4) or a new folder")
         if target.is_dir() and any(target.iterdir()):
             raise UserError(f"{path}: folder exists and is not empty; choose a new or empty folder")
+    from dfc.video_sink import VideoSink
+
     with VideoSink(path, frames.shape[2], frames.shape[1], fps) as sink:
         for frame in frames:
             sink.write(frame)
     return target
-
-
-class VideoSink:
-    """`with VideoSink(path, width, height, fps) as sink: sink.write(frame)...`; committed on a clean exit."""
-
-    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float):
-        self.folder = _is_folder_target(path)  # before Path(), which drops a trailing '/'
-        self.path, self.width, self.height, self.fps = Path(path), width, height, float(fps)
-        self.count = 0
-        self.written_fps = self.fps  # what the file can say; a GIF rounds the frame delay
-        self._process: subprocess.Popen | None = None
-        self._log = None
-        if not self.folder and self.path.suffix.lower() not in _FFMPEG_FORMATS:
-            raise UserError(
-                f"{path}: unknown video type {self.path.suffix!r}; use one of {', '.join(OUTPUT_SUFFIXES)}"
-            )
-        if not self.path.absolute().parent.is_dir():
-            raise UserError(f"{path}: the folder {self.path.absolute().parent} does not exist")
-        try:
-            self._staged = StagedOutput(self.path, is_dir=self.folder)
-        except OSError as err:
-            raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
-        if not self.folder:
-            self._start_ffmpeg()
-
-    def _start_ffmpeg(self) -> None:
-        muxer, even_args, odd_args = _FFMPEG_FORMATS[self.path.suffix.lower()]
-        codec = even_args if self.width % 2 == 0 and self.height % 2 == 0 else odd_args
-        if self.path.suffix.lower() == ".gif":  # delays in whole hundredths of a second, at least one
-            self.written_fps = 100 / max(1, round(100 / self.fps))
-        self._log = tempfile.TemporaryFile()
-        cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24"]
-        cmd += ["-s", f"{self.width}x{self.height}", "-framerate", _fps_argument(self.fps), "-i", "-"]
-        cmd += [*codec, "-f", muxer, str(self._staged.tmp)]
-        # the log goes to a file: a pipe could fill up and block ffmpeg while frames are still coming
-        self._process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=self._log)
-
-    def write(self, frame: np.ndarray) -> None:
-        """One uint8 frame `(height, width, 3)`."""
-        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ValueError(
-                f"expected a uint8 frame {(self.height, self.width, 3)}, got {frame.dtype} {frame.shape}"
-            )
-        if self.folder:
-            from PIL import Image
-
-            try:
-                Image.fromarray(frame).save(self._staged.tmp / FRAME_PATTERN.format(self.count))
-            except OSError as err:
-                raise UserError(f"{self.path}: cannot write ({err.strerror or err})") from None
-        else:
-            try:
-                self._process.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
-            except BrokenPipeError:
-                self._fail()
-        self.count += 1
-
-    def _fail(self) -> None:
-        returncode = self._stop(kill=False)
-        self._log.seek(0)
-        reason = _ffmpeg_reason(self._log.read().decode(errors="replace"))
-        raise UserError(f"{self.path}: ffmpeg could not write the video ({reason}, exit {returncode})")
-
-    def _stop(self, kill: bool) -> int:
-        process, self._process = self._process, None
-        if process is None:
-            return 0
-        if kill:
-            process.kill()
-        with contextlib.suppress(BrokenPipeError, OSError):
-            process.stdin.close()
-        return process.wait()
-
-    def close(self) -> Path:
-        """Finish the file (or folder) and put it in place."""
-        if self.count == 0:
-            raise ValueError("cannot write a video with no frames")
-        if self.folder:
-            info = {"fps": self.fps, "num_frames": self.count, "width": self.width, "height": self.height}
-            (self._staged.tmp / FOLDER_INFO).write_text(json.dumps(info) + "\n", encoding="utf-8")
-        else:
-            self._process.stdin.close()
-            if self._process.wait() != 0:
-                self._fail()
-            self._process = None
-        self._staged.commit()
-        return self.path
-
-    def abort(self) -> None:
-        self._stop(kill=True)
-        self._staged.discard()
-        if self._log is not None:
-            self._log.close()
-
-    def __enter__(self) -> VideoSink:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                try:
-                    self.close()
-                except OSError as err:
-                    raise UserError(f"{self.path}: cannot write ({err.strerror or err})") from None
-        finally:
-            self.abort()  # after a commit there is nothing left to remove

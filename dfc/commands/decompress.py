@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from dfc.container import check_weights, read_container
     from dfc.decoding import iter_frames, output_size
     from dfc.outputs import check_video_target
-    from dfc.video import VideoSink
+    from dfc.video_sink import VideoSink
 
     if args.batch < 1:
         raise UserError(f"--batch must be at least 1, got {args.batch}")
