@@ -28,7 +28,7 @@ def config(name: str = "tiny"):
     """A `GPT2Config`; the torch side computes attention the plain way (`eager`), as the Flax side does."""
     from transformers import GPT2Config
 
-    cfg = GPT2Config(**CONFIGS[name], **_NO_DROPOUT)
+    cfg = GPT2Config(**CONFIGS[name], **_NO_DROPOUT, use_cache=False)  # no key/value cache either
     cfg._attn_implementation = "eager"
     return cfg
 
