@@ -31,7 +31,7 @@ _ABSENT = object()
 
 
 class JaxFramework:
-    """What a case needs from a framework, JAX flavour (see `parity.cases`)."""
+    """What a case needs from a framework, JAX flavour (see `parity.suite.Case`)."""
 
     name = "jax"
 

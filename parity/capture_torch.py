@@ -21,7 +21,7 @@ from parity.capture import Call, Capture, Recorded, Recorder, as_numpy, qualifie
 
 
 class TorchFramework:
-    """What a case needs from a framework, PyTorch flavour (see `parity.cases`)."""
+    """What a case needs from a framework, PyTorch flavour (see `parity.suite.Case`)."""
 
     name = "torch"
 
