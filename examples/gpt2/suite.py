@@ -27,6 +27,9 @@ def subject(config_name: str = "tiny") -> Subject:
         config=cfg,
         # every leaf random, drawn from the shapes alone (Linen's own `init` would run every initialiser)
         init_weights=lambda seed: linen_flat(M.random_params(cfg, seed)),
+        # weightless modules named differently: Flax's embedding dropout is torch's `drop`; Linen's block
+        # collection `h` is a module with a call, torch's `h` a ModuleList that is never called
+        paths={"dropout": "drop", "h": None},
     )
 
 
