@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
 # GPT2Config fields: the tiny configuration runs in `make test`; "gpt2" is the published 124M size.
 CONFIGS = {
     "tiny": dict(n_embd=32, n_layer=2, n_head=4, n_positions=16, vocab_size=64),
@@ -38,7 +36,9 @@ def flax_model(cfg, dtype=None):
     parameters are drawn: they come from `random_params` or a checkpoint."""
     import jax.numpy as jnp
     from transformers import FlaxGPT2Model
+    from transformers.utils import logging
 
+    logging.set_verbosity_error()  # its advice to move to PyTorch is printed once per process otherwise
     return FlaxGPT2Model(cfg, dtype=dtype or jnp.float32, _do_init=False)
 
 

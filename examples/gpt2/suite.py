@@ -1,18 +1,22 @@
 """The parity suite of the GPT-2 port: `dfc parity --suite examples/gpt2/suite.py:SUITE`.
 
-One subject (the model, Flax Linen on one side and transformers' GPT2Model on the other) and one case
-(token ids -> last hidden state), written once for both frameworks. The inputs are two sequences of 8
-tokens: causal attention over several positions, so swapped q and k or a wrong mask can show.
+One subject (the model: the Linen module inside FlaxGPT2Model against transformers' GPT2Model) and one
+case (token ids -> last hidden state), written once for both frameworks. The inputs are two sequences of
+8 tokens: causal attention over several positions, so that swapped q and k, or a wrong mask, can show.
+`--config tiny|gpt2` picks the size; `--orbax CKPT --weights CONVERTED` checks a real converted pair.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
 from examples.gpt2 import model as M
 from examples.gpt2.table import TABLE
 from parity.jax_models import linen_flat
-from parity.suite import Case, Subject, Suite
+from parity.suite import Case, Options, Paired, Subject, Suite
 
 BATCH, LENGTH = 2, 8
 
@@ -41,10 +45,46 @@ def _token_ids(subjects, rng: np.random.Generator) -> dict[str, np.ndarray]:
 def _forward(fw, models, inputs):
     gpt2, ids = models["gpt2"], inputs["input_ids"]
     if fw.name == "jax":  # the Linen module takes (input_ids, attention_mask, position_ids)
-        positions = fw.asarray(np.arange(LENGTH, dtype=np.int32)[None])
-        return gpt2(ids, None, positions).last_hidden_state
+        return gpt2(ids, None, fw.asarray(np.arange(LENGTH, dtype=np.int32)[None])).last_hidden_state
     return gpt2(input_ids=ids).last_hidden_state
 
 
 FORWARD = Case("gpt2.forward", ("gpt2",), _token_ids, _forward, covers="embeddings, every block, ln_f")
-SUITE = Suite("gpt2", {"gpt2": subject()}, (FORWARD,), description="transformers FlaxGPT2Model -> GPT2Model")
+
+
+def _configure(options: Options) -> Suite:
+    name = options.config or "tiny"
+    if name not in M.CONFIGS:
+        raise ValueError(f"--config {name}: the GPT-2 example knows {', '.join(M.CONFIGS)}")
+    return replace(SUITE, subjects={"gpt2": subject(name)}, configure=None)
+
+
+def _pair(orbax: str, weights: str, precision: str, options: Options) -> Paired:
+    """The Orbax checkpoint a JAX user saved, against the safetensors `dfc convert` made of it, loaded
+    into GPT2Model with strict checking."""
+    import orbax.checkpoint as ocp
+    from safetensors.torch import load_file
+
+    from parity.transfer import cast_torch
+
+    suite = _configure(options)
+    gpt2 = suite.subjects["gpt2"]
+    with ocp.StandardCheckpointer() as checkpointer:
+        variables = checkpointer.restore(Path(orbax).absolute())
+    flat = {name: np.asarray(value) for name, value in linen_flat(variables).items()}
+    path = Path(weights)
+    model = gpt2.build_torch()
+    model.load_state_dict(load_file(path / "model.safetensors" if path.is_dir() else path), strict=True)
+    torch_model = cast_torch(gpt2, model, precision).eval()
+    describe = {"orbax": str(Path(orbax).absolute()), "weights": str(path.absolute())}
+    return Paired(suite, {"gpt2": flat}, {"gpt2": torch_model}, describe)
+
+
+SUITE = Suite(
+    "gpt2",
+    {"gpt2": subject()},
+    (FORWARD,),
+    description="transformers' FlaxGPT2Model (Flax Linen) against its GPT2Model (PyTorch)",
+    configure=_configure,
+    pair=_pair,
+)
