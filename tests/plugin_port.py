@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from flax import nnx
 
-from convert.layout import Kind
-from convert.tables import Rule, Table
+from common.kinds import Kind
+from common.tables import Rule, Table
 from parity.suite import Case, Subject, Suite
 
 WIDTH, HIDDEN = 8, 16

@@ -13,8 +13,8 @@ its torch Conv1D stores (in, out). The layout change is a transpose either way, 
 GPT2Model has no `lm_head` (GPT2LMHeadModel ties it to `wte`), so no Flax leaf is left over.
 """
 
-from convert.layout import Kind
-from convert.tables import Rule, Table
+from common.kinds import Kind
+from common.tables import Rule, Table
 
 TABLE = Table(
     "gpt2",
