@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-PARAMS = "params"
+from convert.trees import PARAMS, linen_tree
+from convert.trees import flatten as linen_flat
 
 
 def is_linen(module: Any) -> bool:
@@ -34,38 +35,6 @@ class LinenModel:
 
     def bound(self):
         return self.module.bind(self.variables)
-
-
-def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, name))
-        else:
-            out[name] = value
-    return out
-
-
-def linen_flat(variables: Mapping) -> dict[str, Any]:
-    """`{'params': {...}, 'batch_stats': {...}}` -> flat names (params without their collection's name)."""
-    out = {}
-    for collection, tree in variables.items():
-        out.update(_flatten(tree, "" if collection == PARAMS else collection))
-    return out
-
-
-def linen_tree(flat: Mapping[str, Any], collections: tuple[str, ...] = ()) -> dict:
-    """The inverse of `linen_flat`; `collections` are the non-params collections names may start with."""
-    tree: dict = {}
-    for name, value in flat.items():
-        head = name.split(".", 1)[0]
-        parts = name.split(".") if head in collections else [PARAMS, *name.split(".")]
-        node = tree
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return tree
 
 
 def _nnx_variables(module) -> dict[str, Any]:

@@ -111,7 +111,7 @@ class Paired:
 class Suite:
     """Subjects and the cases run on them. `configure(options)` (optional) returns the suite the command
     line's options ask for; `pair(orbax, weights, precision, options)` (optional) returns a `Paired` run of
-    a real checkpoint against its converted weights."""
+    a real checkpoint against its converted weights (default: `parity.pairing.generic_pair`)."""
 
     name: str
     subjects: Mapping[str, Subject]

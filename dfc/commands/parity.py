@@ -210,9 +210,11 @@ def _paired(suite, args, options):
     for path, flag in ((args.orbax, "--orbax"), (args.weights, "--weights")):
         if not os.path.exists(path):
             raise UserError(f"{flag} {path}: no such file or directory")
-    if suite.pair is None:
-        raise UserError(f"suite {suite.name} cannot check a real checkpoint (it has no `pair`)")
+    from parity.pairing import generic_pair
+
     try:
-        return suite.pair(args.orbax, args.weights, args.precision, options)
+        if suite.pair is not None:
+            return suite.pair(args.orbax, args.weights, args.precision, options)
+        return generic_pair(suite, args.orbax, args.weights, args.precision, options)
     except Exception as err:  # reader and loader errors name the file and the key; show them on one line
         raise UserError(f"cannot load the pair: {type(err).__name__}: {err}") from None
