@@ -24,11 +24,18 @@ pytest.importorskip("transformers", reason="the GPT-2 example needs the `example
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDE = REPO / "docs" / "PORTING.md"
+# For speed only: the guide's commands each compile the same small eager JAX ops; a shared on-disk cache
+# compiles them once.
+_COMPILATION_CACHE = {
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
 
 
 @dataclass
 class Walk:
     folder: Path
+    cache: str = ""
     namespace: dict = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     commands: list[tuple[guide.Command, object]] = field(default_factory=list)
@@ -44,10 +51,7 @@ def _take(step, walk: Walk) -> str | None:
         except Exception:
             return f"the Python block at line {step.line} failed:\n{traceback.format_exc(limit=-3)}"
         return None
-    # the compilation cache is only for speed: the guide's commands compile the same small JAX ops
-    env = {"JAX_COMPILATION_CACHE_DIR": str(walk.folder.parent / "jax-cache")}
-    env |= {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-    result = dfc(*step.args, cwd=walk.folder, **env)
+    result = dfc(*step.args, cwd=walk.folder, **_COMPILATION_CACHE, JAX_COMPILATION_CACHE_DIR=walk.cache)
     walk.commands.append((step, result))
     output = result.stdout + result.stderr
     if result.returncode != step.exit_code:
@@ -64,7 +68,7 @@ def walk(tmp_path_factory) -> Walk:
     folder = tmp_path_factory.mktemp("porting") / "work"
     folder.mkdir()
     (folder / "examples").symlink_to(REPO / "examples")
-    taken = Walk(folder)
+    taken = Walk(folder, str(folder.parent / "jax-cache"))
     here = Path.cwd()
     os.chdir(folder)
     try:

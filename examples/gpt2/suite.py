@@ -9,14 +9,13 @@ case (token ids -> last hidden state), written once for both frameworks. The inp
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
 from examples.gpt2 import model as M
 from examples.gpt2.table import TABLE
 from parity.jax_models import linen_flat
-from parity.suite import Case, Options, Paired, Subject, Suite
+from parity.suite import Case, Options, Subject, Suite
 
 BATCH, LENGTH = 2, 8
 
@@ -59,32 +58,10 @@ def _configure(options: Options) -> Suite:
     return replace(SUITE, subjects={"gpt2": subject(name)}, configure=None)
 
 
-def _pair(orbax: str, weights: str, precision: str, options: Options) -> Paired:
-    """The Orbax checkpoint a JAX user saved, against the safetensors `dfc convert` made of it, loaded
-    into GPT2Model with strict checking."""
-    import orbax.checkpoint as ocp
-    from safetensors.torch import load_file
-
-    from parity.transfer import cast_torch
-
-    suite = _configure(options)
-    gpt2 = suite.subjects["gpt2"]
-    with ocp.StandardCheckpointer() as checkpointer:
-        variables = checkpointer.restore(Path(orbax).absolute())
-    flat = {name: np.asarray(value) for name, value in linen_flat(variables).items()}
-    path = Path(weights)
-    model = gpt2.build_torch()
-    model.load_state_dict(load_file(path / "model.safetensors" if path.is_dir() else path), strict=True)
-    torch_model = cast_torch(gpt2, model, precision).eval()
-    describe = {"orbax": str(Path(orbax).absolute()), "weights": str(path.absolute())}
-    return Paired(suite, {"gpt2": flat}, {"gpt2": torch_model}, describe)
-
-
 SUITE = Suite(
     "gpt2",
     {"gpt2": subject()},
     (FORWARD,),
     description="transformers' FlaxGPT2Model (Flax Linen) against its GPT2Model (PyTorch)",
     configure=_configure,
-    pair=_pair,
 )
