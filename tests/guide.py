@@ -8,7 +8,9 @@ Fenced blocks, in the order they appear:
 - ```console: `$ dfc ARGS` prompts, each followed by what it prints. A shown line `...` stands for any
   number of lines; every other shown line must appear in the command's output, in the order shown. A
   prompt ending in `# exit N` must exit with N, any other with 0.
-- any other fence (```text, ```bash) is for reading only.
+- ```text whose first line is `# PATH` (a path in the guide's working folder): an excerpt of a file the
+  walk wrote so far, read like a command's output (`...` for lines left out, the rest in order).
+- any other fence (```bash, ```text without a path) is for reading only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```\s*$", re.M | re.S)
 _SHOWN_FILE = re.compile(r"^# ((?:[\w.-]+/)+[\w.-]+\.py)\s*$")
+_WRITTEN_FILE = re.compile(r"^# ([\w./-]+)\s*$")
 _EXIT = re.compile(r"\s+#\s*exit\s+(\d+)\s*$")
 
 
@@ -48,7 +51,14 @@ class Command:
         return "dfc " + shlex.join(self.args)
 
 
-Step = Code | ShownFile | Command
+@dataclass
+class WrittenFile:
+    path: str  # relative to the guide's working folder
+    shown: list[str]
+    line: int
+
+
+Step = Code | ShownFile | Command | WrittenFile
 
 
 def steps(text: str) -> list[Step]:
@@ -65,6 +75,11 @@ def steps(text: str) -> list[Step]:
                 out.append(Code(body, line))
         elif language == "console":
             out.extend(_commands(body, line))
+        elif language == "text":
+            first, _, rest = body.partition("\n")
+            written = _WRITTEN_FILE.match(first)
+            if written:
+                out.append(WrittenFile(written.group(1), [x.rstrip() for x in rest.splitlines()], line))
     return out
 
 
@@ -103,7 +118,7 @@ def shown_in_file(shown: ShownFile, repo: Path) -> str | None:
     return f"guide line {shown.line}: the block is not a part of {shown.path} as it is now"
 
 
-def missing_output(command: Command, output: str) -> str | None:
+def missing_output(command: Command | WrittenFile, output: str) -> str | None:
     """None when every shown line appears in `output` in the order shown; otherwise the first one that
     does not."""
     actual = [line.rstrip() for line in output.splitlines()]

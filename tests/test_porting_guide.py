@@ -44,6 +44,12 @@ class Walk:
 def _take(step, walk: Walk) -> str | None:
     if isinstance(step, guide.ShownFile):
         return guide.shown_in_file(step, REPO)
+    if isinstance(step, guide.WrittenFile):
+        path = walk.folder / step.path
+        if not path.is_file():
+            return f"line {step.line}: the walk wrote no {step.path}"
+        missing = guide.missing_output(step, path.read_text())
+        return None if missing is None else f"line {step.line}: {step.path} has no line {missing!r}"
     if isinstance(step, guide.Code):
         code = "\n" * (step.line) + step.source  # tracebacks point at the guide's own lines
         try:
@@ -112,7 +118,7 @@ def test_parity_passes_carried_and_isolated_in_fp32_and_bf16(walk, name):
     runs = {case["mode"]: case for case in report["cases"]}
     assert set(runs) == {"carried", "isolated"}
     assert report["passed"], report["first_divergent"]
-    paths = {row["path"] for case in report["cases"] for row in case["rows"]}
+    paths = {row.get("path") for case in report["cases"] for row in case["rows"]}
     assert {"wte", "h.1.attn.c_attn", "h.1.mlp.c_proj", "ln_f"} <= paths  # every layer, not the output only
 
 

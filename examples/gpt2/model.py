@@ -1,4 +1,4 @@
-"""The pair, its configurations and its weights: what a JAX user of FlaxGPT2Model has before porting.
+"""The pair, its configurations and its weights: what a user of FlaxGPT2Model has before porting.
 
 `FlaxGPT2Model` is a wrapper around a Linen module (`.module`) whose parameter tree is
 `{'params': {'wte', 'wpe', 'h': {'0', '1', ...}, 'ln_f'}}`; `GPT2Model` is the torch class whose state
@@ -7,9 +7,6 @@ and the all-ones LayerNorm scales included: a zero bias or a unit scale hides a 
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -73,20 +70,3 @@ def _random_leaf(path, shape, rng: np.random.Generator) -> np.ndarray:
     if leaf == "bias":
         return np.float32(0.1) * noise
     return np.float32(0.02) * noise  # embeddings, GPT-2's own initialiser scale
-
-
-def save_checkpoint(variables: dict, path: str | os.PathLike) -> Path:
-    """Save Linen variables as an Orbax checkpoint, the way a JAX training script does."""
-    import orbax.checkpoint as ocp
-
-    path = Path(path).absolute()
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(path, variables)
-    return path
-
-
-def token_ids(cfg, batch: int = 2, length: int | None = None, seed: int = 0) -> np.ndarray:
-    """Random token ids `(batch, length)`, at least 3 positions long: at one position causal attention
-    sees one key, so swapped q and k (and a wrong mask) cannot show."""
-    length = length or min(cfg.n_positions, 8)
-    return np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, length), dtype=np.int32)
