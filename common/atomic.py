@@ -62,7 +62,8 @@ class StagedOutput:
         if self.dst.exists() or self.dst.is_symlink():
             if not self.replace:
                 raise FileExistsError(f"{self.dst} appeared meanwhile")
-            if self.dst.is_dir() and not self.dst.is_symlink():
+            if self.tmp.is_dir() or (self.dst.is_dir() and not self.dst.is_symlink()):
+                # a rename replaces a file with a file in one step, but never a directory, nor by one
                 old = temporary_sibling(self.dst, "old")
                 os.replace(self.dst, old)
         os.replace(self.tmp, self.dst)

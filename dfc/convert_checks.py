@@ -19,7 +19,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.atomic import atomic_output
 from convert.checks import Answered, Checks
 from convert.options import Options, Report, quiet
 
@@ -114,16 +113,6 @@ def shape_cache_file(config) -> Path | None:
             digest.update(str(file.relative_to(folder)).encode())
             digest.update(file.read_bytes())
     return cache_dir() / "torch-shapes" / f"{digest.hexdigest()}.json"
-
-
-def store_answer(path: Path, answer: dict) -> None:
-    """Write a cache entry atomically; a cache that cannot be written is only a slower next run."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(path) as tmp:
-            tmp.write_text(json.dumps(answer), encoding="utf-8")
-    except OSError:
-        pass
 
 
 def start_forward_check(

@@ -16,14 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from common.tables import TABLES
-from common.torch_file import read_torch_state
-from convert.orbax_io import read_model_arrays
-from convert.safetensors_io import SafetensorsReader
-from convert.tables import torch_to_flax
-from dfc.convert_checks import store_answer
+from common.atomic import atomic_output
 
 # The original's own JAX/PyTorch comparison: fp32 on both sides, a flat 1e-3 (MODEL_SPEC section 7). Here
 # relative to the largest reference value, so that the check does not depend on the weights' scale.
@@ -45,14 +38,37 @@ def _shapes(config_json: str, cache: str | None) -> dict:
     return answer
 
 
+def store_answer(path: Path, answer: dict) -> None:
+    """Write a cache entry atomically; a cache that cannot be written is only a slower next run."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path) as tmp:
+            tmp.write_text(json.dumps(answer), encoding="utf-8")
+    except OSError:
+        pass
+
+
+# The forward check's imports are made where they are needed: the shapes child stays light (it is
+# started while the parent converts), importing torch_impl alone.
+
+
 def _flax_weights(path: Path, fmt: str, config) -> dict:
     """Flax-named arrays (RoPE caches included) from an Orbax checkpoint or a PyTorch-format file."""
+    from common.tables import TABLES
+    from convert.orbax_io import read_model_arrays
+    from convert.tables import torch_to_flax
+
     if fmt == "orbax":
         return read_model_arrays(path)
     return torch_to_flax(TABLES[config.model_type], _torch_format_arrays(path, fmt), config)
 
 
 def _torch_format_arrays(path: Path, fmt: str) -> dict:
+    import numpy as np
+
+    from common.torch_file import read_torch_state
+    from convert.safetensors_io import SafetensorsReader
+
     if fmt == "safetensors":
         reader = SafetensorsReader(path)
         return {k: np.array(reader.tensor(k)) for k in reader.tensors}
@@ -69,6 +85,8 @@ def _torch_model(path: Path, fmt: str, config):
 
 
 def _inputs(config, seed: int = 0) -> dict:
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     frames = 2
     if config.model_type == "vae":
@@ -83,6 +101,7 @@ def _inputs(config, seed: int = 0) -> dict:
 def _run_jax(model_type: str, config, flat: dict, inputs: dict) -> dict:
     import jax
     import jax.numpy as jnp
+    import numpy as np
     from flax import nnx
 
     import jax_ref
@@ -131,6 +150,7 @@ def _run_torch(model_type: str, model, inputs: dict) -> dict:
 
 def _forward(args) -> dict:
     import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy by name)
+    import numpy as np
 
     from common.config import config_from_json
 

@@ -31,7 +31,7 @@ def registered_name(table: Table) -> str | None:
 
 def which_models() -> tuple[str, str]:
     """For messages: ("a VAE or a DiT", "vae|dit")."""
-    return " or a ".join(t.name for t in TABLES.values()), "|".join(TABLES)
+    return " or ".join(f"a {t.name}" for t in TABLES.values()), "|".join(TABLES)
 
 
 __all__ = [
