@@ -86,6 +86,9 @@ def test_a_suite_that_cannot_be_found_is_one_clear_line(plugin, tmp_path, capsys
         assert main(["parity", "--suite", spec, "--report", str(tmp_path)]) != 0
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith("dfc parity: error: suite ") and says in line, line
+    suite = f"{plugin / 'my_port.py'}:SUITE"
+    assert main(["parity", "--suite", suite, "--config", "published", "--report", str(tmp_path)]) != 0
+    assert "takes no --config" in capsys.readouterr().err
 
 
 def test_the_parity_cores_import_no_model_package():
