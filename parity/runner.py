@@ -157,9 +157,24 @@ class Lineup:
         reference = JaxSide("reference", pick(self.reference))
         jax_sides = {judge: JaxSide(f"jax bf16 {judge}", pick(models)) for judge, models in self.jax.items()}
         torch_side = TorchSide(
-            f"torch {_name(self.settings.precision)}", pick(self.torch), self.settings.device, channels_first
+            f"torch {_name(self.settings.precision)}",
+            pick(self.torch),
+            self.settings.device,
+            channels_first,
+            {torch: ref for ref, torch in _paths(self.subjects, case).items() if torch is not None},
         )
         return reference, jax_sides, torch_side
+
+
+def _paths(subjects: Mapping[str, Subject], case: Case) -> dict[str, str | None]:
+    """The subjects' `paths` (reference path -> torch path or None), qualified as the case's calls are."""
+    several = len(case.models) > 1
+    out = {}
+    for name in case.models:
+        for ref, torch in subjects[name].paths.items():
+            key = f"{name}/{ref}" if several else ref
+            out[key] = None if torch is None else (f"{name}/{torch}" if several else torch)
+    return out
 
 
 def _qualified(subject: Subject, case: Case) -> tuple[str, ...]:
@@ -293,6 +308,8 @@ def run_case(case: Case, lineup: Lineup, inputs: Mapping[str, np.ndarray] | None
                 for j in jax_caps
             }
         result.rows = _rows(case, result.mode, reference, torch_out, jax_out, torch_cap, jax_caps, judges)
+        unpaired = {ref for ref, torch in _paths(lineup.subjects, case).items() if torch is None}
+        result.rows = [row for row in result.rows if row.path not in unpaired]
         result.only_torch = [k for k in torch_cap.calls if k not in reference.calls]
     return results
 
