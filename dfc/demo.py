@@ -232,7 +232,7 @@ def _run(options: DemoOptions) -> DemoSummary:
         phases.start("parity", "dfc parity (fp32, the converted weights against the checkpoint in jax_ref)")
         argv = [
             "parity",
-            "--model",
+            "--suite",
             "vae",
             "--orbax",
             str(checkpoint),

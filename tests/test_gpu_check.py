@@ -187,7 +187,7 @@ def test_the_trajectory_loop_is_the_samplers_own():
     from common.config import PRESETS
     from common.precision import Precision
     from parity.runner import Lineup, Settings
-    from parity.subjects import dit_subject
+    from parity.suites.vae_dit.subjects import dit_subject
 
     lineup = Lineup.build({"dit": dit_subject(PRESETS["dit-tiny"])}, Settings(precision=Precision.FP32))
     rng = np.random.default_rng(0)

@@ -1,6 +1,6 @@
-"""The GPU check's cases beyond `parity.cases`: the UNet alone (`parity.subjects.unet_subject`), a
+"""The GPU check's cases beyond the VAE/DiT suite's: the UNet alone (`unet_subject`), a
 FactoredAttention block without a mask (flash attention takes none), and single DiT steps on the
-reference's sampler states. All are plain `parity.cases.Case` values, judged by the parity runner.
+reference's sampler states. All are plain `parity.suite.Case` values, judged by the parity runner.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from parity import cases as C
+from parity.suites.vae_dit import cases as C
 
 
 def unet_case(shape: C.Shape) -> C.Case:

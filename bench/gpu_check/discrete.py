@@ -23,7 +23,8 @@ SIDES = ("jax bf16", "torch bf16", "torch fp32")
 def _lineups(subject, device: str):
     """The JAX fp32 reference, JAX bf16 (natural numerics), torch bf16 and torch fp32, same weights."""
     from common.precision import Precision
-    from parity.runner import NATURAL_NUMERICS, Lineup, Settings
+    from parity.runner import Lineup, Settings
+    from parity.suites.vae_dit.subjects import NATURAL_NUMERICS
 
     natural = NATURAL_NUMERICS[Precision.BF16]
     bf16 = Lineup.build({subject.name: subject}, Settings(Precision.BF16, (natural,), device=device))
@@ -50,7 +51,7 @@ def _vae(plan, device: str) -> dict[str, dict[str, np.ndarray]]:
     import torch
 
     from common.config import PRESETS
-    from parity.subjects import vae_subject
+    from parity.suites.vae_dit.subjects import vae_subject
 
     cfg = PRESETS[plan.small_vae]
     jax_models, torch_models = _lineups(vae_subject(cfg), device)
@@ -95,7 +96,7 @@ def _dit(plan, device: str) -> dict[str, dict[str, np.ndarray]]:
     import jax_ref
     import torch_impl
     from common.config import PRESETS
-    from parity.subjects import dit_subject
+    from parity.suites.vae_dit.subjects import dit_subject
 
     cfg = PRESETS[plan.small_dit]
     jax_models, torch_models = _lineups(dit_subject(cfg), device)

@@ -22,7 +22,7 @@ PRECISIONS = ("bf16", "fp32")  # the bf16 suite is the headline; fp32 runs with 
 
 def _subjects(plan) -> dict:
     from common.config import PRESETS
-    from parity.subjects import block_subject, dit_subject, unet_subject, vae_subject
+    from parity.suites.vae_dit.subjects import block_subject, dit_subject, unet_subject, vae_subject
 
     vae, dit = PRESETS[plan.vae], PRESETS[plan.dit]
     subjects = [block_subject(dit), block_subject(vae), unet_subject(vae), vae_subject(vae), dit_subject(dit)]
@@ -30,7 +30,7 @@ def _subjects(plan) -> dict:
 
 
 def _cases(plan) -> list:
-    from parity import cases as C
+    from parity.suites.vae_dit import cases as C
 
     shape = C.Shape(plan.batch, plan.frames)
     forward = [c for c in C.dit_cases(1, shape) if c.name == "dit.forward"]
@@ -56,7 +56,8 @@ DISTANCE_CASES = (
 
 def settings_for(plan, precision: str):
     from common.precision import Precision
-    from parity.runner import NATURAL_NUMERICS, Settings
+    from parity.runner import Settings
+    from parity.suites.vae_dit.subjects import NATURAL_NUMERICS
 
     p = Precision.parse(precision)
     numerics = (NATURAL_NUMERICS[p],) if p in NATURAL_NUMERICS else Settings().numerics
@@ -76,8 +77,8 @@ def _lineup(subjects, settings, weights: dict):
 
 def _sampling(ctx, lineup, settings) -> tuple[dict, list]:
     """The trajectory judged after every step, and the layer-by-layer cases on the reference's states."""
-    from parity import cases as C
     from parity.environment import pinned
+    from parity.suites.vae_dit import cases as C
 
     plan = ctx.plan
     make = C.dit_inputs(C.Shape(plan.batch, plan.frames))

@@ -51,7 +51,7 @@ def probe(
 
 def _cases(plan):
     from bench.gpu_check.cases import unmasked_block_case
-    from parity import cases as C
+    from parity.suites.vae_dit import cases as C
 
     shape = C.Shape(plan.batch, plan.frames)
     cases = [
@@ -90,7 +90,7 @@ def run(ctx) -> StageResult:
     from parity import report
     from parity.environment import PINNED
     from parity.runner import run as run_parity
-    from parity.subjects import block_subject
+    from parity.suites.vae_dit.subjects import block_subject
 
     plan = ctx.plan
     subjects = {s.name: s for s in (block_subject(PRESETS[plan.dit]), block_subject(PRESETS[plan.vae]))}
