@@ -99,9 +99,11 @@ class Lineup:
         settings: Settings,
         weights: Mapping[str, Mapping[str, np.ndarray]] | None = None,
         torch_models: Mapping[str, Any] | None = None,
+        frameworks: tuple[str, ...] = ("jax", "torch"),
     ) -> Lineup:
         """Random weights (seeded) unless `weights` (flax leaves per subject) are given; torch models are
-        converted from those weights unless given (e.g. loaded from converted files)."""
+        converted from those weights unless given (e.g. loaded from converted files). `frameworks` says
+        which sides to build: a run that saves a trace holds one framework's models at a time."""
         import jax.numpy as jnp
 
         from parity.transfer import jax_model, reference_weights, torch_model
@@ -114,11 +116,14 @@ class Lineup:
                 else reference_weights(s.build_jax, settings.seed)
             )
             lineup.weights[name] = flat
-            lineup.reference[name] = jax_model(s.build_jax, flat, jnp.float32, NormNumerics.FLAX_0_10)
-            if settings.precision is not Precision.FP32:
+            if "jax" in frameworks:
+                lineup.reference[name] = jax_model(s.build_jax, flat, jnp.float32, NormNumerics.FLAX_0_10)
+            if "jax" in frameworks and settings.precision is not Precision.FP32:
                 for numerics in settings.numerics:
                     model = jax_model(s.build_jax, flat, jnp.bfloat16, numerics)
                     lineup.jax.setdefault(numerics.value, {})[name] = model
+            if "torch" not in frameworks:
+                continue
             if torch_models and name in torch_models:
                 lineup.torch[name] = torch_models[name]
             else:
@@ -128,17 +133,31 @@ class Lineup:
         return lineup
 
     def sides(self, case: Case):
+        return self.reference_side(case), self.jax_sides(case), self.torch_side(case)
+
+    def _pick(self, models: Mapping[str, Any], case: Case) -> dict[str, Any]:
+        return {name: models[name] for name in case.models}
+
+    def reference_side(self, case: Case):
         from parity.capture_jax import JaxSide
+
+        return JaxSide("reference", self._pick(self.reference, case))
+
+    def jax_sides(self, case: Case) -> dict[str, Any]:
+        from parity.capture_jax import JaxSide
+
+        return {judge: JaxSide(f"jax bf16 {judge}", self._pick(m, case)) for judge, m in self.jax.items()}
+
+    def torch_side(self, case: Case):
         from parity.capture_torch import TorchSide
 
-        pick = lambda models: {name: models[name] for name in case.models}  # noqa: E731
         channels_first = tuple(p for name in case.models for p in _qualified(self.subjects[name], case))
-        reference = JaxSide("reference", pick(self.reference))
-        jax_sides = {judge: JaxSide(f"jax bf16 {judge}", pick(models)) for judge, models in self.jax.items()}
-        torch_side = TorchSide(
-            f"torch {self.settings.precision.value}", pick(self.torch), self.settings.device, channels_first
+        return TorchSide(
+            f"torch {self.settings.precision.value}",
+            self._pick(self.torch, case),
+            self.settings.device,
+            channels_first,
         )
-        return reference, jax_sides, torch_side
 
 
 def _qualified(subject: Subject, case: Case) -> tuple[str, ...]:
@@ -232,6 +251,21 @@ def _rows(
                 jax_values,
             )
     return rows
+
+
+def carried(capture: Capture) -> dict[str, dict[str, Recorded] | str]:
+    return _carried(capture)
+
+
+def rows(
+    case: Case, mode: str, reference: Capture, torch_out, jax_out, torch_cap, jax_caps, judges
+) -> list[Row]:
+    """The judged rows of one case in one mode (see `_rows`); traces are judged through here too."""
+    return _rows(case, mode, reference, torch_out, jax_out, torch_cap, jax_caps, judges)
+
+
+def input_digest(inputs: Mapping[str, np.ndarray]) -> str:
+    return _digest(inputs)
 
 
 def run_case(case: Case, lineup: Lineup, inputs: Mapping[str, np.ndarray] | None = None) -> list[CaseResult]:
