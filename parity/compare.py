@@ -28,10 +28,14 @@ from parity.trace import MANIFEST, Trace, TraceError
 from parity.trace_run import JAX, REFERENCE, TORCH, jax_role
 
 
-def open_traces(paths: list[str | Path]) -> list[Trace]:
+def open_traces(paths: list[str | Path | Trace]) -> list[Trace]:
     """Each path a trace, or a directory of traces (what `--side both --save-trace DIR` writes)."""
     traces = []
-    for path in map(Path, paths):
+    for path in paths:
+        if isinstance(path, Trace):
+            traces.append(path)
+            continue
+        path = Path(path)
         if not path.exists():
             raise TraceError(f"{path}: no such directory")
         if not (path / MANIFEST).is_file() and path.is_dir():
@@ -153,7 +157,7 @@ def _case(entry: Mapping[str, Any]) -> Case:
 
 
 def compare(
-    paths: list[str | Path],
+    paths: list[str | Path | Trace],
     *,
     title: str | None = None,
     judge: str | None = None,

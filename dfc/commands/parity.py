@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from dfc.commands import parity_trace
 from dfc.errors import UserError
 
 CONFIGS = {"tiny": {"vae": "vae-tiny", "dit": "dit-tiny"}, "published": {"vae": "vae-256", "dit": "dit-256"}}
@@ -78,6 +79,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", default=None, help="comma-separated case names (or prefixes) to run")
     parser.add_argument("--orbax", metavar="CKPT", help="a real Orbax checkpoint (needs --weights)")
     parser.add_argument("--weights", metavar="CONVERTED", help="its converted weights (`dfc convert` output)")
+    parity_trace.add_arguments(parser)
+    parity_trace.add_compare_parser(parser)
 
 
 def _configs(args) -> dict[str, object]:
@@ -124,13 +127,12 @@ def _plan(args, configs):
     return subjects, cases
 
 
-def run(args) -> int:
+def prepare(args):
+    """(subjects, cases, settings, weights, torch_models, title, describe) of what `args` ask for."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu" if args.device == "cpu" else "")
     from common.precision import NormNumerics, Precision
-    from parity import report
     from parity.environment import PINNED
     from parity.runner import MODES, Settings
-    from parity.runner import run as run_parity
 
     if bool(args.orbax) != bool(args.weights):
         raise UserError("--orbax and --weights go together: the checkpoint and its converted weights")
@@ -165,6 +167,18 @@ def run(args) -> int:
         subjects, cases = _plan(args, _configs(args))
         title = f"{'+'.join(subjects)} {args.config}, torch {precision.value}"
     cases = _select(cases, args.cases)
+    return subjects, cases, settings, weights, torch_models, title, describe
+
+
+def run(args) -> int:
+    if getattr(args, "action", None) == "compare":
+        return parity_trace.compare(args)
+    from parity import report
+    from parity.runner import run as run_parity
+
+    subjects, cases, settings, weights, torch_models, title, describe = prepare(args)
+    if args.save_trace or args.side != "both":
+        return parity_trace.save(args, subjects, cases, settings, weights, torch_models)
 
     def progress(name: str) -> None:
         print(f"dfc parity: {name} ...", file=sys.stderr, flush=True)
