@@ -24,7 +24,7 @@ from parity.capture import Capture
 from parity.cases import Case
 from parity.results import CaseResult, RunResult
 from parity.runner import MODES, Settings, carried, rows
-from parity.trace import MANIFEST, Trace, TraceError
+from parity.trace import MANIFEST, Trace, TraceError, matcher
 from parity.trace_run import JAX, REFERENCE, TORCH, jax_role
 
 
@@ -229,7 +229,7 @@ def _judge_case(name, lineup: Roles, settings: Settings, judges, torch_models, s
         for result in results:
             result.error = message
         return results
-    ref = runs[REFERENCE].capture
+    ref = _held_by_torch(runs[REFERENCE].capture, torch)
     own = runs[TORCH].capture
     jax_caps = {j: runs[jax_role(j)].capture for j in lineup.jax}
     for result in results:
@@ -245,6 +245,15 @@ def _judge_case(name, lineup: Roles, settings: Settings, judges, torch_models, s
         result.rows = rows(case, result.mode, ref, torch_out, jax_out, own, jax_caps, judges)
         result.only_torch = [k for k in own.calls if k not in ref.calls]
     return results
+
+
+def _held_by_torch(reference: Capture, torch: Trace) -> Capture:
+    """The reference's calls that the torch trace could hold: a call left out by its `--trace-layers` is not
+    one torch failed to make."""
+    keep = matcher(torch.manifest.get("trace_layers"))
+    if keep is None:
+        return reference
+    return Capture({k: c for k, c in reference.calls.items() if keep(c.path)}, reference.output)
 
 
 def _settings(settings: Settings, traces: list[Trace], lineup: Roles) -> dict[str, Any]:
