@@ -15,13 +15,13 @@ import json
 import math
 import numbers
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from convert import safetensors_header as framing
 from dfc import __version__
 from dfc.errors import UserError
 from dfc.video import Crop, atomic_output
@@ -35,7 +35,6 @@ BYTES_PER_VALUE = {"bf16": 2, "f32": 4, "u8": 1}
 
 _META_FORMAT, _META_VERSION, _META_DOC, _META_DIGEST = "format", "format_version", "dfc", "dfc.sha256"
 _DIGEST_PLACEHOLDER = "0" * 64
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit; a larger "header" is not a header
 
 
 class ContainerError(UserError):
@@ -156,42 +155,10 @@ def stored_values(latents: np.ndarray, latent_dtype: str) -> np.ndarray:
     return dequantize_u8(*quantize_u8(np.asarray(latents, np.float32)))
 
 
-def quantization_effect(cv: CompressedVideo, latent_dtype: str = "u8") -> dict[str, Any]:
-    """What storing these latents as `latent_dtype` costs: errors against float32 and bytes saved.
-
-    Call it before writing (on the encoder's float32 latents): after reading, latents already are
-    the stored values and the error would show as zero.
-    """
-    _check_choice("latent_dtype", latent_dtype, LATENT_DTYPES)
-    squared, count, worst, energy, per_clip = 0.0, 0, 0.0, 0.0, []
-    for clip in cv.clips:
-        original = np.asarray(clip.latents, np.float32)
-        error = stored_values(original, latent_dtype) - original
-        clip_worst = float(np.abs(error).max(initial=0.0))
-        per_clip.append(clip_worst)
-        squared += float(np.square(error, dtype=np.float64).sum())
-        energy += float(np.square(original - original.mean(), dtype=np.float64).sum())
-        count += error.size
-        worst = max(worst, clip_worst)
-    mse = squared / max(count, 1)
-    variance = energy / max(count, 1)
-    return {
-        "latent_dtype": latent_dtype,
-        "values": count,
-        "rmse": math.sqrt(mse),
-        "max_abs_error": worst,
-        "max_abs_error_per_clip": per_clip,
-        "latent_std": math.sqrt(variance),
-        "snr_db": 10 * math.log10(variance / mse) if mse > 0 and variance > 0 else math.inf,
-        "latent_bytes": count * BYTES_PER_VALUE[latent_dtype],
-        "latent_bytes_bf16": count * BYTES_PER_VALUE["bf16"],
-    }
-
-
 # ---------------------------------------------------------------------------------------------- checking
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ContainerError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
@@ -217,8 +184,8 @@ def _check_clip(index: int, clip: ClipLatents, model: ModelInfo) -> None:
 
 def check_compressed_video(cv: CompressedVideo) -> None:
     """Every rule a `.dfc` file obeys; raises `ContainerError` naming the first one broken."""
-    _check_choice("latent_dtype", cv.latent_dtype, LATENT_DTYPES)
-    _check_choice("keep mode", cv.keep.mode, KEEP_MODES)
+    check_choice("latent_dtype", cv.latent_dtype, LATENT_DTYPES)
+    check_choice("keep mode", cv.keep.mode, KEEP_MODES)
     if not (isinstance(cv.fps, numbers.Real) and math.isfinite(cv.fps) and cv.fps > 0):
         raise ContainerError(f"fps must be a positive number, got {cv.fps!r}")
     if cv.clip_frames < 1 or cv.num_frames < 1:
@@ -334,9 +301,7 @@ def encode_container(cv: CompressedVideo) -> bytes:
             }
             chunks.append(data)
             offset += len(data)
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    header_bytes += b" " * (-len(header_bytes) % 8)  # safetensors pads the header so data is 8-byte aligned
-    prefix = struct.pack("<Q", len(header_bytes)) + header_bytes
+    prefix = framing.frame(header)
     digest = hashlib.sha256(prefix)
     for chunk in chunks:
         digest.update(chunk)
@@ -403,16 +368,17 @@ def _finite(value: int | float, key: str) -> float:
 
 
 def _parse_header(data: bytes) -> tuple[dict[str, Any], int]:
-    _need(len(data) >= 8, "too short to be a .dfc file")
-    (size,) = struct.unpack("<Q", data[:8])
-    _need(0 < size <= _MAX_HEADER, "not a .dfc file (no safetensors header)")
-    _need(8 + size <= len(data), f"truncated: the header needs {8 + size} bytes, the file has {len(data)}")
     try:
-        header = json.loads(data[8 : 8 + size].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _Corrupt("not a .dfc file (its header is not JSON)") from None
-    _need(isinstance(header, dict), "not a .dfc file (its header is not a JSON object)")
-    return header, 8 + size
+        return framing.parse(data)
+    except framing.HeaderError as err:
+        why = {
+            "short": "too short to be a .dfc file",
+            "length": "not a .dfc file (no safetensors header)",
+            "truncated": f"truncated: the header needs {8 + err.length} bytes, the file has {len(data)}",
+            "json": "not a .dfc file (its header is not JSON)",
+            "object": "not a .dfc file (its header is not a JSON object)",
+        }[err.reason]
+        raise _Corrupt(why) from None
 
 
 def _check_format(header: dict[str, Any]) -> dict[str, str]:
@@ -611,45 +577,3 @@ def read_container(path: str | os.PathLike, *, expected_weights: str | None = No
     except OSError as err:
         raise ContainerError(f"{path}: cannot read ({err.strerror or err})") from None
     return decode_container(data, expected_weights=expected_weights, name=str(path))
-
-
-# ----------------------------------------------------------------------------------------------- reports
-
-
-def size_report(cv: CompressedVideo, input_path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Where the bytes go. Every ratio is in bytes (stored file against uint8 RGB frames), not in values."""
-    container_bytes = len(encode_container(cv))
-    per_value = BYTES_PER_VALUE[cv.latent_dtype]
-    latent_frame_bytes = cv.model.num_patches * cv.model.latent_dim * per_value
-    pixel_frame_bytes = cv.model.height * cv.model.width * 3
-    raw_original = cv.num_frames * cv.width * cv.height * 3
-    raw_model = cv.num_frames * pixel_frame_bytes
-    input_bytes = os.path.getsize(input_path) if input_path is not None else None
-    kept = cv.kept_frames
-    values_ratio = pixel_frame_bytes / (cv.model.num_patches * cv.model.latent_dim)
-    return {
-        "container_bytes": container_bytes,
-        "latent_bytes": kept * latent_frame_bytes,
-        "overhead_bytes": container_bytes - kept * latent_frame_bytes,
-        "raw_bytes_original": raw_original,
-        "raw_bytes_model": raw_model,
-        "input_bytes": input_bytes,
-        "ratio_vs_raw_original": raw_original / container_bytes,
-        "ratio_vs_raw_model": raw_model / container_bytes,
-        "ratio_vs_input": input_bytes / container_bytes if input_bytes else None,
-        "num_frames": cv.num_frames,
-        "kept_frames": kept,
-        "frames_per_clip": [clip.num_frames for clip in cv.clips],
-        "kept_per_clip": [clip.kept for clip in cv.clips],
-        "temporal_ratio": cv.num_frames / kept,
-        "latent_dtype": cv.latent_dtype,
-        "latent_frame_bytes": latent_frame_bytes,
-        "pixel_frame_bytes": pixel_frame_bytes,
-        "per_kept_frame_byte_ratio": pixel_frame_bytes / latent_frame_bytes,
-        "per_kept_frame_value_ratio": values_ratio,
-        "note": (
-            f"ratios are in bytes: a kept latent frame stored as {cv.latent_dtype} is "
-            f"{latent_frame_bytes:,} B against {pixel_frame_bytes:,} B of uint8 pixels at the model size "
-            f"({pixel_frame_bytes / latent_frame_bytes:.1f}x; {values_ratio:.1f}x counting values)"
-        ),
-    }

@@ -26,13 +26,12 @@ from dfc.container import (
     decode_container,
     encode_container,
     float32_to_bf16_bits,
-    quantization_effect,
     read_container,
-    size_report,
     stored_values,
     weights_fingerprint,
     write_container,
 )
+from dfc.container_report import quantization_effect, size_report
 from dfc.errors import UserError
 from dfc.video import crop_box, split_clips
 

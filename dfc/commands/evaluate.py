@@ -8,11 +8,9 @@ and `timelines/keep_<clip>.png` (keep probability, Bernoulli keep share, top-K c
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from common.atomic import atomic_output
 from dfc.errors import UserError
 from dfc.models import add_model_arguments, load_model
 
@@ -111,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from dfc.evaluation import bernoulli_draws, evaluate_clip
 
     out = Path(args.out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.absolute().parent))
-    try:
+    with atomic_output(out.absolute(), is_dir=True) as staging:  # replaces an empty `out`
         results = []
         fitted_cache: dict[Path, object] = {}
         for key, (path, start, stop, _) in enumerate(
@@ -133,9 +130,6 @@ def run(args: argparse.Namespace) -> int:
             if not args.no_figures:
                 _figures(staging, result, pictures, args.gif_fps)
         _tables(staging, results, args, loaded, topk)
-        _publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
     from dfc.evaluation import markdown_table
 
@@ -184,10 +178,3 @@ def _tables(folder: Path, results, args, loaded, topk) -> None:
     (folder / "evaluation.csv").write_text(to_csv(results), encoding="utf-8")
     (folder / "evaluation.json").write_text(to_json(results, settings), encoding="utf-8")
     (folder / "evaluation.md").write_text(markdown_table(results) + "\n", encoding="utf-8")
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """The finished folder takes `out`'s place in one rename (an empty `out` is replaced)."""
-    if out.is_dir():
-        out.rmdir()
-    os.rename(staging, out)
