@@ -348,7 +348,7 @@ def run(
                 "device": settings.device,
                 "seed": settings.seed,
                 "verdict_judge": settings.verdict_judge,
-                "subjects": {name: _describe_subject(s) for name, s in subjects.items()},
+                "subjects": {name: describe_subject(s) for name, s in subjects.items()},
                 **dict(describe or {}),
             },
             environment=environment,
@@ -365,7 +365,7 @@ def run(
     return result
 
 
-def _describe_subject(subject: Subject) -> dict[str, Any]:
+def describe_subject(subject: Subject) -> dict[str, Any]:
     cfg = subject.config
     return {
         "config": cfg.to_dict() if hasattr(cfg, "to_dict") else repr(cfg),

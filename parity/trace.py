@@ -28,7 +28,7 @@ import numpy as np
 
 from convert.safetensors_io import SafetensorsError, SafetensorsReader, StreamingWriter, TensorSpec
 from parity.capture import Call, Capture, Recorded
-from parity.structure import _is_namedtuple, map_leaves
+from parity.structure import is_namedtuple, map_leaves
 
 FORMAT = "dfc-parity-trace"
 VERSION = 1
@@ -214,7 +214,7 @@ def encode_array(recorded: Recorded) -> dict[str, Any]:
 def _encode_leaf(value: Any) -> Any:
     if isinstance(value, Recorded):
         return {"array": encode_array(value)}
-    if _is_namedtuple(value):
+    if is_namedtuple(value):
         kind = type(value)
         return {
             "namedtuple": f"{kind.__module__}:{kind.__qualname__}",

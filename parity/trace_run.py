@@ -20,7 +20,7 @@ import numpy as np
 from common.precision import Precision
 from parity.capture import Capture, Recorded
 from parity.cases import Case
-from parity.runner import Lineup, Settings, _describe_subject, input_digest
+from parity.runner import Lineup, Settings, describe_subject, input_digest
 from parity.subjects import Subject
 from parity.trace import (
     Trace,
@@ -121,7 +121,7 @@ def _header(side: str, lineup: Lineup, environment, layers: str | None, plan: Ma
             "seed": settings.seed,
             "judge": settings.judge,
         },
-        "subjects": {name: _describe_subject(s) for name, s in lineup.subjects.items()},
+        "subjects": {name: describe_subject(s) for name, s in lineup.subjects.items()},
         "weights": {name: fingerprint_arrays(flat) for name, flat in lineup.weights.items()},
         "trace_layers": layers,
         "plan": dict(plan or {}),

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
+from common.atomic import atomic_output
 from dfc.errors import UserError
 
 # what `dfc parity` was asked, kept in a trace so that `compare` can build the torch model again
@@ -93,27 +93,6 @@ def _progress(name: str) -> None:
     print(f"dfc parity: {name} ...", file=sys.stderr, flush=True)
 
 
-class _Staged:
-    """The trace goes to `DIR.partial` and is renamed to DIR when complete; an existing DIR is refused."""
-
-    def __init__(self, target: str):
-        self.target = Path(target)
-        if self.target.exists():
-            raise UserError(f"--save-trace {target}: already exists (a trace never replaces one)")
-        if not self.target.parent.is_dir():
-            raise UserError(f"--save-trace {target}: no such directory {self.target.parent}")
-        self.staging = self.target.with_name(f".{self.target.name}.partial-{os.getpid()}")
-
-    def __enter__(self) -> Path:
-        return self.staging
-
-    def __exit__(self, kind, error, tb) -> None:
-        if kind is None:
-            os.rename(self.staging, self.target)
-        else:
-            shutil.rmtree(self.staging, ignore_errors=True)
-
-
 def save(args, subjects, cases, settings, weights, torch_models) -> int:
     from parity.trace import Trace, TraceError
     from parity.trace_run import save_both, save_jax, save_torch
@@ -123,9 +102,14 @@ def save(args, subjects, cases, settings, weights, torch_models) -> int:
     if args.reference_trace and args.side != "torch":
         raise UserError("--reference-trace goes with --side torch")
     common = dict(weights=weights, layers=args.trace_layers, plan=plan_of(args), progress=_progress)
+    target = Path(args.save_trace)
+    if target.exists():
+        raise UserError(f"--save-trace {target}: already exists (a trace never replaces one)")
+    if not target.parent.is_dir():
+        raise UserError(f"--save-trace {target}: no such directory {target.parent}")
     try:
         reference = Trace(args.reference_trace) if args.reference_trace else None
-        with _Staged(args.save_trace) as staging:
+        with atomic_output(target) as staging:
             if args.side == "jax":
                 traces = [save_jax(subjects, cases, settings, staging, **common)]
             elif args.side == "torch":
