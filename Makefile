@@ -31,9 +31,9 @@ demo: setup
 # Every torch policy on the tiny configurations; bf16 and mixed are each measured against both flax-era
 # norm numerics (docs/PARITY.md). The committed copies of these reports are docs/parity/tiny-*.
 parity: setup
-	$(VENV)/bin/dfc parity --model all --config tiny --precision fp32 --report reports/parity-fp32
-	$(VENV)/bin/dfc parity --model all --config tiny --precision bf16 --report reports/parity-bf16
-	$(VENV)/bin/dfc parity --model all --config tiny --precision mixed --report reports/parity-mixed
+	$(VENV)/bin/dfc parity --suite all --config tiny --precision fp32 --report reports/parity-fp32
+	$(VENV)/bin/dfc parity --suite all --config tiny --precision bf16 --report reports/parity-bf16
+	$(VENV)/bin/dfc parity --suite all --config tiny --precision mixed --report reports/parity-mixed
 
 bench: setup
 	$(PY) -m bench.run

@@ -1,9 +1,9 @@
 """Capture every PyTorch submodule call with forward hooks, and replay single modules on given inputs.
 
 A module's path is its `named_modules()` name, i.e. its state-dict prefix, which the conversion table
-keeps equal to the flax path. Activations that torch keeps channels-first inside a block (the UNet's
-`(B, C, T, H, W)`) are moved to the reference's channels-last layout on the way in, and back on replay;
-which paths those are is the subject's `channels_first` list, never guessed from shapes.
+keeps equal to the flax path. 5-D activations that a torch port keeps channels-first inside a block
+(`(B, C, T, H, W)`, as torch's Conv3d wants) are moved to the reference's channels-last layout on the way
+in, and back on replay; which paths those are is the subject's `channels_first` list, never guessed.
 """
 
 from __future__ import annotations
@@ -21,14 +21,11 @@ from parity.capture import Call, Capture, Recorded, Recorder, as_numpy, qualifie
 
 
 class TorchFramework:
-    """What a case needs from a framework, PyTorch flavour (see `parity.cases`)."""
+    """What a case needs from a framework, PyTorch flavour (see `parity.suite.Case`)."""
 
     name = "torch"
 
     def __init__(self, device: str | torch.device = "cpu"):
-        import torch_impl
-
-        self.ns = torch_impl
         self.device = torch.device(device)
 
     def asarray(self, array: np.ndarray) -> torch.Tensor:
@@ -36,9 +33,6 @@ class TorchFramework:
 
     def numpy(self, value: Any) -> np.ndarray:
         return _host(value) if isinstance(value, torch.Tensor) else np.asarray(value)
-
-    def fill_token(self, vae) -> torch.Tensor:
-        return vae.fill_token
 
 
 def _host(tensor: torch.Tensor) -> np.ndarray:

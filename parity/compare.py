@@ -19,11 +19,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from common.precision import NormNumerics, Precision
 from parity.capture import Capture
-from parity.cases import Case
 from parity.results import CaseResult, RunResult
-from parity.runner import MODES, Settings, carried, rows
+from parity.runner import MODES, Settings, carried, name_of, rows
+from parity.suite import Case
 from parity.trace import MANIFEST, Trace, TraceError, matcher
 from parity.trace_run import JAX, REFERENCE, TORCH, jax_role
 
@@ -71,18 +70,17 @@ def _pick(traces: list[Trace]) -> Roles:
     for other in jax_traces[1:]:
         notes.append(f"reference runs of {other.name} not used (the reference is {reference.name}'s)")
     settings = torch.manifest["settings"]
-    precision = Precision.parse(settings["precision"])
+    precision = settings["precision"]
     jax: dict[str, Trace] = {}
-    if precision is not Precision.FP32:
+    if precision != "fp32":
         for trace in jax_traces:
             for judge in trace.manifest["settings"]["numerics"]:
                 jax.setdefault(judge, trace)
         if not jax:
             raise TraceError(
-                f"{torch.name} is a torch {precision.value} run, and no JAX trace holds a JAX bf16 run "
-                "to judge it by (make the JAX trace with the same --precision)"
+                f"{torch.name} is a torch {precision} run, and no JAX trace holds a JAX bf16 run "
+                "to judge it by (make the JAX trace with a bf16 --precision)"
             )
-    numerics = tuple(NormNumerics.parse(j) for j in jax)
     modes = tuple(
         m
         for m in MODES
@@ -90,13 +88,14 @@ def _pick(traces: list[Trace]) -> Roles:
     )
     run_settings = Settings(
         precision=precision,
-        numerics=numerics or Settings().numerics,
+        numerics=tuple(jax) or ("*",),
         modes=modes,
         device=settings["device"],
         seed=settings["seed"],
         judge=settings.get("judge") if settings.get("judge") in jax else None,
+        natural=tuple(tuple(pair) for pair in settings.get("natural", [])),
     )
-    return Roles(reference, jax, torch, f"torch {precision.value}", run_settings, notes)
+    return Roles(reference, jax, torch, f"torch {precision}", run_settings, notes)
 
 
 def _check(lineup: Roles, traces: list[Trace]) -> None:
@@ -197,7 +196,7 @@ def compare(
             settings = replace(settings, modes=tuple(m for m in settings.modes if m != "isolated"))
     result = RunResult(
         title=title
-        or f"{'+'.join(torch.manifest['subjects'])}, torch {settings.precision.value} (from traces)",
+        or f"{'+'.join(torch.manifest['subjects'])}, torch {name_of(settings.precision)} (from traces)",
         settings=_settings(settings, traces, lineup),
         environment=_environment(reference, torch),
         tolerance=_tolerance(),
@@ -259,7 +258,7 @@ def _held_by_torch(reference: Capture, torch: Trace) -> Capture:
 def _settings(settings: Settings, traces: list[Trace], lineup: Roles) -> dict[str, Any]:
     torch = lineup.torch.manifest
     return {
-        "precision": settings.precision.value,
+        "precision": name_of(settings.precision),
         "numerics": list(lineup.jax),
         "modes": list(settings.modes),
         "device": settings.device,

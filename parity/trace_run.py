@@ -17,11 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from common.precision import Precision
 from parity.capture import Capture, Recorded
-from parity.cases import Case
-from parity.runner import Lineup, Settings, describe_subject, input_digest
-from parity.subjects import Subject
+from parity.runner import Lineup, Settings, describe_subject, input_digest, name_of
+from parity.suite import Case, Subject
 from parity.trace import (
     Trace,
     TraceError,
@@ -40,8 +38,8 @@ def jax_role(judge: str) -> str:
     return f"jax {judge}"
 
 
-def torch_role(precision: Precision | str) -> str:
-    return f"torch {getattr(precision, 'value', precision)}"
+def torch_role(precision) -> str:
+    return f"torch {name_of(precision)}"
 
 
 class _Sink:
@@ -112,14 +110,13 @@ def _header(side: str, lineup: Lineup, environment, layers: str | None, plan: Ma
         },
         "environment": environment,
         "settings": {
-            "precision": settings.precision.value,
-            "numerics": [n.value for n in settings.numerics]
-            if settings.precision is not Precision.FP32
-            else [],
+            "precision": name_of(settings.precision),
+            "numerics": [] if settings.is_fp32 else settings.variants,
+            "natural": [list(pair) for pair in settings.natural],
             "modes": list(settings.modes),
             "device": settings.device,
             "seed": settings.seed,
-            "judge": settings.judge,
+            "judge": settings.judge and name_of(settings.judge),
         },
         "subjects": {name: describe_subject(s) for name, s in lineup.subjects.items()},
         "weights": {name: fingerprint_arrays(flat) for name, flat in lineup.weights.items()},

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from common import PRESETS, Precision
-from parity import cases as C
 from parity import report, tolerance
 from parity.environment import PINNED, pinned, record
 from parity.judge import FP32_JUDGE
 from parity.results import RunResult, best_pairing, pairing_summary
-from parity.runner import NATURAL_NUMERICS, Lineup, Settings, run_case
-from parity.subjects import block_subject, dit_subject, vae_subject
+from parity.runner import Lineup, Settings, run_case
+from parity.suites.vae_dit import cases as C
+from parity.suites.vae_dit.subjects import NATURAL_NUMERICS, block_subject, dit_subject, vae_subject
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = {c.name: c for c in [*C.vae_cases(), *C.dit_cases(), C.generation_case()]}

@@ -17,13 +17,13 @@ import pytest
 
 from common import PRESETS, NormNumerics, Precision
 from dfc.commands.parity_trace import PLAN_KEYS
-from parity import cases as C
 from parity import report, tolerance
 from parity.environment import pinned
-from parity.mistakes import catalogue
 from parity.results import RunResult
 from parity.runner import Lineup, Settings, run_case
-from parity.subjects import dit_subject, vae_subject
+from parity.suites.vae_dit import cases as C
+from parity.suites.vae_dit.mistakes import catalogue
+from parity.suites.vae_dit.subjects import dit_subject, vae_subject
 from parity.trace import Trace
 from parity.trace_run import save_jax, save_torch
 from tests.cli_helpers import dfc, one_line_error
@@ -63,7 +63,7 @@ def traces(lineup, tmp_path_factory) -> Path:
 
 def in_process(lineup, names=CASES) -> RunResult:
     with pinned() as environment:
-        result = RunResult("in process", {}, environment, tolerance.describe(), SETTINGS.verdict_judge)
+        result = RunResult("in process", {}, environment, tolerance.describe(), lineup.settings.verdict_judge)
         for name in names:
             result.cases += run_case(ALL_CASES[name], lineup)
     return result

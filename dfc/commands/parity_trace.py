@@ -16,6 +16,7 @@ from dfc.errors import UserError
 
 # what `dfc parity` was asked, kept in a trace so that `compare` can build the torch model again
 PLAN_KEYS = (
+    "suite",
     "model",
     "config",
     "precision",
@@ -86,6 +87,11 @@ def plan_of(args) -> dict:
     plan = {key: getattr(args, key, None) for key in PLAN_KEYS}
     for key in ("orbax", "weights"):  # found again from wherever `compare` runs
         plan[key] = plan[key] and os.path.abspath(plan[key])
+    if plan["config"] and os.path.exists(plan["config"]):
+        plan["config"] = os.path.abspath(plan["config"])
+    module, colon, name = (plan["suite"] or "").rpartition(":")
+    if colon and module.endswith(".py") and os.path.exists(module):
+        plan["suite"] = f"{os.path.abspath(module)}:{name}"
     return plan
 
 
@@ -181,7 +187,7 @@ def _rebuild(trace):
         raise UserError("the torch trace does not say how its model was made")
     args = argparse.Namespace(**plan)
     try:
-        subjects, _cases, settings, weights, torch_models, _title, _describe = command.prepare(args)
+        suite, settings, weights, torch_models, _title, _describe = command.prepare(args)
     except UserError as err:
         raise UserError(f"cannot build the torch model here: {err}") from None
-    return Lineup.build(subjects, settings, weights, torch_models, frameworks=("torch",))
+    return Lineup.build(dict(suite.subjects), settings, weights, torch_models, frameworks=("torch",))
