@@ -186,3 +186,17 @@ def test_dfc_parity_side_both_saves_both_traces_holding_the_layers_asked_for_and
     )
     again = dfc("parity", *args, "--save-trace", tmp_path / "t")
     assert "already exists" in one_line_error(again, "parity")
+
+
+@pytest.mark.slow
+def test_the_published_vae_in_bf16_runs_side_by_side_into_traces_and_passes(tmp_path):
+    """The committed CPU run at the published size (docs/parity/published-vae-bf16-cpu), one side at a
+    time through traces; its peak memory and trace size are measured by bench/parity_trace_bench.py."""
+    cases = "vae.encode,vae.decode,vae.compress.topk"
+    result = dfc(
+        "parity", "--model", "vae", "--config", "published", "--precision", "bf16", "--cases", cases,
+        "--side", "both", "--save-trace", tmp_path / "traces", "--report", tmp_path / "report", timeout=7200,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "jax trace in" in result.stdout and "torch trace in" in result.stdout
+    assert "PASS (6 case runs, judged against flax0.12.1); first divergent layer: none" in result.stdout

@@ -175,6 +175,7 @@ def prepare(args):
 def run(args) -> int:
     if getattr(args, "action", None) == "compare":
         return parity_trace.compare(args)
+    parity_trace.check_target(args)
     from parity import report
     from parity.runner import run as run_parity
 

@@ -99,20 +99,28 @@ def _progress(name: str) -> None:
     print(f"dfc parity: {name} ...", file=sys.stderr, flush=True)
 
 
-def save(args, subjects, cases, settings, weights, torch_models) -> int:
-    from parity.trace import Trace, TraceError
-    from parity.trace_run import save_both, save_jax, save_torch
-
+def check_target(args) -> Path | None:
+    """Said before anything is built: a trace never replaces a directory, nor lands in a missing one."""
     if not args.save_trace:
-        raise UserError(f"--side {args.side} writes a trace: give --save-trace DIR")
+        if args.side != "both":
+            raise UserError(f"--side {args.side} writes a trace: give --save-trace DIR")
+        return None
     if args.reference_trace and args.side != "torch":
         raise UserError("--reference-trace goes with --side torch")
-    common = dict(weights=weights, layers=args.trace_layers, plan=plan_of(args), progress=_progress)
     target = Path(args.save_trace)
     if target.exists():
         raise UserError(f"--save-trace {target}: already exists (a trace never replaces one)")
     if not target.parent.is_dir():
         raise UserError(f"--save-trace {target}: no such directory {target.parent}")
+    return target
+
+
+def save(args, subjects, cases, settings, weights, torch_models) -> int:
+    from parity.trace import Trace, TraceError
+    from parity.trace_run import save_both, save_jax, save_torch
+
+    common = dict(weights=weights, layers=args.trace_layers, plan=plan_of(args), progress=_progress)
+    target = check_target(args)
     try:
         reference = Trace(args.reference_trace) if args.reference_trace else None
         with atomic_output(target) as staging:
