@@ -44,15 +44,11 @@ def _flatten(tree: Mapping, prefix: str, out: dict[str, Any]) -> None:
 
 
 def _pure(tree: Any) -> Any:
-    """An NNX module or state as a nested dict; anything else unchanged."""
-    if hasattr(tree, "to_pure_dict"):  # nnx.State
-        return tree.to_pure_dict()
-    if type(tree).__module__.startswith("flax.nnx") or any(
-        c.__module__.startswith("flax.nnx") for c in type(tree).__mro__
-    ):
+    """An NNX module as its state (a mapping with Variables as leaves); anything else unchanged."""
+    if not isinstance(tree, Mapping) and any(c.__module__.startswith("flax.nnx") for c in type(tree).__mro__):
         from flax import nnx
 
-        return nnx.state(tree).to_pure_dict()
+        return nnx.state(tree)
     return tree
 
 

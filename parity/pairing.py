@@ -20,7 +20,7 @@ from parity.suite import Options, Paired, Suite
 def _widened(array: np.ndarray) -> np.ndarray:
     """Floats as float32 (bfloat16, which torch cannot take from numpy, widens exactly)."""
     floating = np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16"
-    return np.asarray(array, dtype=np.float32) if floating and array.dtype != np.float64 else np.array(array)
+    return np.array(array, dtype=np.float32 if floating and array.dtype != np.float64 else array.dtype)
 
 
 def read_converted(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -96,6 +96,8 @@ TABLE = Table(
     rules=(Rule("*norm.scale", Kind.NORM_SCALE), Rule("*.kernel", Kind.LINEAR), Rule("*.bias", Kind.BIAS)),
     rope_caches=lambda config: {{}},
 )
+# the same table with its LayerNorm rule forgotten: `dfc inspect --table` lists `norm.scale` as unmatched
+TABLE_WITHOUT_NORMS = Table("tiny-mlp", rules=(Rule("*.kernel", Kind.LINEAR), Rule("*.bias", Kind.BIAS)))
 CASE = Case(
     "mlp.forward",
     ("mlp",),

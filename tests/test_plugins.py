@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,115 @@ def test_the_parity_cores_import_no_model_package():
                 continue
             bad = [n for n in names if n.startswith(forbidden) or n in ("jax_ref", "torch_impl")]
             assert not bad, f"{path.name}:{node.lineno} imports {bad}"
+
+
+def dfc_main(capsys, *args) -> tuple[int, str, str]:
+    from dfc.cli import main
+
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def linen_checkpoint(plugin, tmp_path_factory):
+    """The Linen model's variables, initialised and saved with Orbax as a JAX user does."""
+    import jax
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+
+    from common.plugins import load_plugin
+
+    model = load_plugin(f"{plugin / 'my_port.py'}:LinenModel", "model")()
+    variables = model.init(jax.random.key(7), jnp.zeros((1, 8)))
+    path = tmp_path_factory.mktemp("linen") / "checkpoint_step_5"
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(path, variables)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    return path, variables
+
+
+def test_a_users_linen_checkpoint_inspects_converts_both_ways_and_passes_parity(
+    plugin, linen_checkpoint, tmp_path, capsys
+):
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+    from safetensors.torch import load_file
+
+    from common.plugins import load_plugin
+
+    checkpoint, variables = linen_checkpoint
+    port = plugin / "my_port.py"
+    table = f"{port}:TABLE"
+    code, out, _ = dfc_main(capsys, "inspect", checkpoint, "--table", table)
+    assert code == 0 and "8 of 8 Flax leaves matched, 0 unmatched" in out, out
+    assert re.search(r"^mlp\.up\.kernel +\*\.kernel +linear +-> mlp\.up\.weight +\[8, 16\]$", out, re.M), out
+    code, out, _ = dfc_main(capsys, "inspect", checkpoint, "--table", f"{port}:TABLE_WITHOUT_NORMS")
+    assert "7 of 8 Flax leaves matched, 1 unmatched" in out, out
+    assert re.search(r"^norm\.scale +\[8\]", out, re.M), out
+
+    code, out, _ = dfc_main(capsys, "convert", checkpoint, tmp_path / "torch", "--table", table)
+    assert code == 0 and "8 converted" in out and "Flax Linen variables" in out, out
+    torch_port = load_plugin(f"{port}:TorchModel", "model")()
+    torch_port.load_state_dict(load_file(tmp_path / "torch" / "model.safetensors"), strict=True)
+
+    back = tmp_path / "back"
+    code, out, _ = dfc_main(capsys, "convert", tmp_path / "torch", back, "--table", table, "--flax", "linen")
+    assert code == 0, out
+    checkpointer = ocp.StandardCheckpointer()
+    restored = checkpointer.restore(back)
+    checkpointer.close()
+    same = jax.tree_util.tree_map(lambda a, b: np.array_equal(a, np.asarray(b)), variables, restored)
+    assert jax.tree_util.tree_all(same)
+
+    pair = [
+        "--orbax",
+        checkpoint,
+        "--weights",
+        tmp_path / "torch",
+        "--precision",
+        "fp32",
+        "--mode",
+        "isolated",
+    ]
+    code, out, _ = dfc_main(capsys, "parity", "--suite", f"{port}:SUITE", *pair, "--report", tmp_path / "ok")
+    assert code == 0 and "PASS" in out, out
+    broken = f"{plugin / 'my_broken_port.py'}:SUITE"
+    code, out, _ = dfc_main(capsys, "parity", "--suite", broken, *pair, "--report", tmp_path / "bad")
+    assert code == 1 and "first divergent layer: `mlp`" in out, out
+
+
+def test_a_table_that_misses_a_leaf_is_refused_naming_it(plugin, linen_checkpoint, tmp_path, capsys):
+    checkpoint, _ = linen_checkpoint
+    partial = f"{plugin / 'my_port.py'}:TABLE_WITHOUT_NORMS"
+    code, _, err = dfc_main(capsys, "convert", checkpoint, tmp_path / "out", "--table", partial)
+    assert code != 0 and err.startswith("dfc convert: error: norm.scale: no rule of the tiny-mlp table"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_nnx_state_and_linen_variables_of_one_architecture_convert_to_the_same_torch_weights(plugin):
+    """In memory (`convert.trees`), and through Orbax: one table converts both kinds of Flax model."""
+    import numpy as np
+    from flax import nnx
+
+    from common.plugins import load_plugin
+    from common.tables import load_table
+    from convert.trees import flax_leaves, linen_tree, to_linen, to_nnx, to_torch
+
+    table = load_table(f"{plugin / 'my_port.py'}:TABLE")
+    nnx_model = load_plugin(f"{plugin / 'my_port.py'}:NnxModel", "model")()
+    variables = linen_tree(flax_leaves(nnx_model))  # the NNX model's weights as Linen variables
+    from_nnx, _ = to_torch(table, nnx.state(nnx_model))
+    from_linen, _ = to_torch(table, variables)
+    assert from_nnx.keys() == from_linen.keys() and all(
+        np.array_equal(from_nnx[k], from_linen[k]) for k in from_nnx
+    )
+    assert from_nnx["mlp.up.weight"].shape == (16, 8)  # (out, in)
+    back = to_linen(table, from_linen)
+    assert all(np.array_equal(a, flax_leaves(back)[k]) for k, a in flax_leaves(variables).items())
+    state = nnx.state(nnx_model)
+    nnx.replace_by_pure_dict(state, to_nnx(table, from_nnx))
+    nnx.update(nnx_model, state)
+    assert flax_leaves(nnx_model).keys() == flax_leaves(variables).keys()
