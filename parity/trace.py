@@ -26,7 +26,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from convert.safetensors_io import SafetensorsError, SafetensorsReader, StreamingWriter, TensorSpec
+from convert.safetensors_io import SafetensorsError, StoredTensor, StreamingWriter, TensorSpec, read_header
 from parity.capture import Call, Capture, Recorded
 from parity.structure import is_namedtuple, map_leaves
 
@@ -89,6 +89,21 @@ def _stored_form(recorded: Recorded) -> np.ndarray:
     return np.ascontiguousarray(value)
 
 
+def read_tensor(stored: StoredTensor) -> np.ndarray:
+    """One tensor read from its shard into memory of its own. Not mapped: pages of a mapped shard stay in
+    the process's resident set once touched, and a run reads back gigabytes of its own trace."""
+    buffer = bytearray(stored.nbytes)
+    view = memoryview(buffer)
+    with open(stored.file, "rb", buffering=0) as f:
+        done = 0
+        while done < stored.nbytes:
+            got = os.preadv(f.fileno(), [view[done:]], stored.begin + done)
+            if got == 0:
+                raise TraceError(f"{stored.file}: ends inside tensor {stored.name}")
+            done += got
+    return np.frombuffer(buffer, stored.dtype).reshape(stored.shape)
+
+
 def _widened(array: np.ndarray) -> np.ndarray:
     """As a capture holds it (`parity.capture.as_numpy`): narrow floats as float32, the rest untouched."""
     if array.dtype in _NARROW.values():
@@ -128,7 +143,7 @@ class TraceWriter(_Store):
         self._pending: dict[str, np.ndarray] = {}
         self._pending_bytes = 0
         self._by_content: dict[tuple, str] = {}
-        self._readers: dict[str, SafetensorsReader] = {}  # tensor -> reader of its shard
+        self._stored: dict[str, StoredTensor] = {}  # tensor -> where its shard holds it
         self.shards: list[str] = []
         self.bytes = 0
 
@@ -160,7 +175,7 @@ class TraceWriter(_Store):
     def raw(self, name: str) -> np.ndarray:
         if name in self._pending:
             return self._pending[name]
-        return self._readers[name].tensor(name)
+        return read_tensor(self._stored[name])
 
     def flush(self) -> None:
         if not self._pending:
@@ -175,9 +190,7 @@ class TraceWriter(_Store):
         except BaseException:
             writer.abort()
             raise
-        reader = SafetensorsReader(path)
-        for name in self._pending:
-            self._readers[name] = reader
+        self._stored.update(read_header(path)[0])
         self.shards.append(path.name)
         self._pending.clear()
         self._pending_bytes = 0
@@ -326,13 +339,10 @@ class Trace(_Store):
             raise TraceError(
                 f"{path}: trace format version {self.manifest.get('version')}, this dfc reads {VERSION}"
             )
-        self._readers: dict[str, SafetensorsReader] = {}
-        self._shard_of: dict[str, SafetensorsReader] = {}
+        self._stored: dict[str, StoredTensor] = {}
         try:
             for name in self.manifest["shards"]:
-                reader = SafetensorsReader(self.directory / name)
-                for tensor in reader.tensors:
-                    self._shard_of[tensor] = reader
+                self._stored.update(read_header(self.directory / name)[0])
         except (SafetensorsError, OSError) as err:
             raise TraceError(f"{self.directory}: {err}") from None
         except (KeyError, TypeError):
@@ -353,9 +363,10 @@ class Trace(_Store):
 
     def raw(self, name: str) -> np.ndarray:
         try:
-            return self._shard_of[name].tensor(name)
+            stored = self._stored[name]
         except KeyError:
             raise TraceError(f"{self.directory}: tensor {name} is in no shard") from None
+        return read_tensor(stored)
 
     def roles(self, case: str) -> list[str]:
         return list(self.cases[case]["runs"]) if case in self.cases else []
