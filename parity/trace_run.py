@@ -146,38 +146,60 @@ def save_jax(
 
     keep_layer = matcher(layers)
     with pinned(settings.pins, settings.device) as environment:
-        lineup = Lineup.build(subjects, settings, weights, frameworks=(JAX,))
+        lineup = Lineup.build(subjects, settings, weights, frameworks=())  # the weights, no model yet
+        settings = lineup.settings
         writer = TraceWriter(directory)
         sink = _Sink(writer, keep_layer)
         manifest = _header(JAX, lineup, environment, layers, plan)
+        # One JAX model at a time: the reference through every case, then each bf16 run through every
+        # case, replaying the reference's inputs from the trace.
+        references: dict[str, Capture] = {}
+        entries = {}
+        lineup.reference = _jax_models(lineup, None)
         for case in cases:
             if progress:
-                progress(f"jax: {case.name}")
-            inputs = case.make_inputs(
-                {n: subjects[n] for n in case.models}, np.random.default_rng(settings.seed)
-            )
-            entry = _case_entry(case, settings, inputs)
+                progress(f"jax reference: {case.name}")
+            inputs = _inputs(case, subjects, settings.seed)
+            entry = entries[case.name] = _case_entry(case, settings, inputs)
             manifest["cases"].append(entry)
-            runs = entry["runs"]
-            keep = _keep(case)
             try:
-                reference = _capture(lineup.reference_side(case), case, inputs, True, sink)
+                references[case.name] = _capture(lineup.reference_side(case), case, inputs, True, sink)
             except Exception as err:
-                runs[REFERENCE] = {"error": _failed(err)}
+                entry["runs"][REFERENCE] = {"error": _failed(err)}
                 continue
-            runs[REFERENCE] = encode_capture(reference)
-            for judge, side in lineup.jax_sides(case).items():
+            entry["runs"][REFERENCE] = encode_capture(references[case.name])
+        lineup.reference = {}
+        for variant in [] if settings.is_fp32 else settings.variants:
+            gc.collect()
+            lineup.jax = {variant: _jax_models(lineup, variant)}
+            role = jax_role(variant)
+            for case in (c for c in cases if c.name in references):
+                if progress:
+                    progress(f"jax {variant}: {case.name}")
+                side = lineup.jax_sides(case)[variant]
+                runs = entries[case.name]["runs"]
                 try:
-                    own = _capture(side, case, inputs, keep, sink)
+                    own = _capture(side, case, _inputs(case, subjects, settings.seed), _keep(case), sink)
                 except Exception as err:
-                    runs[jax_role(judge)] = {"error": _failed(err)}
+                    runs[role] = {"error": _failed(err)}
                     continue
-                runs[jax_role(judge)] = encode_capture(own)
+                runs[role] = encode_capture(own)
                 if "isolated" in settings.modes:
-                    runs[jax_role(judge)]["isolated"] = encode_replays(_replays(side, own, reference, writer))
-            del reference
+                    replays = _replays(side, own, references[case.name], writer)
+                    runs[role]["isolated"] = encode_replays(replays)
+            lineup.jax = {}
         writer.finish(manifest)
     return Trace(directory)
+
+
+def _jax_models(lineup: Lineup, variant: str | None) -> dict[str, Any]:
+    """Every subject's JAX model holding the run's weights: the fp32 reference, or a bf16 `variant`."""
+    import jax.numpy as jnp
+
+    from parity.transfer import jax_model
+
+    dtype = jnp.float32 if variant is None else jnp.bfloat16
+    return {name: jax_model(s, lineup.weights[name], dtype, variant) for name, s in lineup.subjects.items()}
 
 
 def check_same(reference: Trace, torch_manifest: Mapping[str, Any], where: str) -> None:
@@ -220,9 +242,7 @@ def save_torch(
         for case in cases:
             if progress:
                 progress(f"torch: {case.name}")
-            inputs = case.make_inputs(
-                {n: subjects[n] for n in case.models}, np.random.default_rng(settings.seed)
-            )
+            inputs = _inputs(case, subjects, settings.seed)
             entry = _case_entry(case, settings, inputs)
             manifest["cases"].append(entry)
             keep = _keep(case)
