@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 
-.PHONY: setup test test-slow demo parity bench lint format clean
+.PHONY: setup test test-slow demo parity bench gpu-check lint format clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,18 @@ parity: setup
 
 bench: setup
 	$(PY) -m bench.run
+	$(PY) -m bench.batch_bench
+
+# The CUDA readiness check (bench/gpu_check): no `setup` (a lent GPU has no package registry: it runs the
+# image's python3), and JAX_PLATFORMS=cpu above is dropped unless DEVICE=cpu sets it back.
+# `make gpu-check DEVICE=cpu CONFIG=tiny` runs every stage's plumbing on tiny sizes on a CPU.
+DEVICE ?= cuda
+CONFIG ?= $(if $(filter cpu,$(DEVICE)),tiny,published)
+GPU_CHECK_OUT ?= reports/gpu-check
+GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	env -u JAX_PLATFORMS $(if $(filter cpu,$(DEVICE)),JAX_PLATFORMS=cpu) $(GPU_PY) -m bench.gpu_check \
+		--device $(DEVICE) --config $(CONFIG) --out $(GPU_CHECK_OUT) $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -75,9 +75,9 @@ def as_numpy(value: Any) -> np.ndarray:
 class Recorder:
     """Framework-free bookkeeping of one capture; the framework side supplies `record_array`.
 
-    `step_path` names the module whose calls are sampler steps (the DiT root); every call made while it
-    runs belongs to that step. Only the outermost call of an instance is recorded, so a subclass calling
-    `super().__call__` is one call, not two.
+    `step_path` names the module whose calls are sampler steps (a diffusion model's root); every call
+    made while it runs belongs to that step. Only the outermost call of an instance is recorded, so a
+    subclass calling `super().__call__` is one call, not two.
     """
 
     def __init__(self, step_path: str | None = None, keep_inputs: bool | Callable[[str], bool] = True):

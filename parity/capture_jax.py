@@ -126,9 +126,10 @@ def recording(modules: Mapping[str, nnx.Module], recorder: Recorder) -> Iterator
 
 
 @contextmanager
-def linen_recording(models: Mapping[str, LinenModel], recorder: Recorder) -> Iterator[Recorder]:
+def linen_recording(models: Mapping[str, LinenModel], recorder: Recorder) -> Iterator[dict[str, Any]]:
     """Within the block, every `__call__` of a module of a Linen model in `models` is reported to `recorder`
-    under its parameter-tree path, and remembered on the model (unbound, with its variables) for replay."""
+    under its parameter-tree path, and remembered on the model (unbound, with its variables) for replay.
+    Yields the models bound to their variables, which is what the case calls."""
     from flax import linen as nn
 
     several = len(models) > 1

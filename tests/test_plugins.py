@@ -86,6 +86,9 @@ def test_a_suite_that_cannot_be_found_is_one_clear_line(plugin, tmp_path, capsys
         assert main(["parity", "--suite", spec, "--report", str(tmp_path)]) != 0
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith("dfc parity: error: suite ") and says in line, line
+    suite = f"{plugin / 'my_port.py'}:SUITE"
+    assert main(["parity", "--suite", suite, "--config", "published", "--report", str(tmp_path)]) != 0
+    assert "takes no --config" in capsys.readouterr().err
 
 
 def test_the_parity_cores_import_no_model_package():
@@ -189,27 +192,49 @@ def test_a_table_that_misses_a_leaf_is_refused_naming_it(plugin, linen_checkpoin
     assert not (tmp_path / "out").exists()
 
 
-def test_an_nnx_state_and_linen_variables_of_one_architecture_convert_to_the_same_torch_weights(plugin):
-    """In memory (`convert.trees`), and through Orbax: one table converts both kinds of Flax model."""
+def test_an_nnx_state_and_linen_variables_of_one_architecture_convert_to_the_same_torch_weights(
+    plugin, tmp_path, capsys
+):
+    """In memory (`convert.trees`) and through Orbax both ways: one table converts both kinds of model."""
     import numpy as np
+    import orbax.checkpoint as ocp
     from flax import nnx
 
     from common.plugins import load_plugin
     from common.tables import load_table
+    from convert.safetensors_io import SafetensorsReader
     from convert.trees import flax_leaves, linen_tree, to_linen, to_nnx, to_torch
 
-    table = load_table(f"{plugin / 'my_port.py'}:TABLE")
-    nnx_model = load_plugin(f"{plugin / 'my_port.py'}:NnxModel", "model")()
-    variables = linen_tree(flax_leaves(nnx_model))  # the NNX model's weights as Linen variables
+    port = plugin / "my_port.py"
+    table = load_table(f"{port}:TABLE")
+    NnxModel = load_plugin(f"{port}:NnxModel", "model")
+    nnx_model = NnxModel()
+    weights = flax_leaves(nnx_model)
+    variables = linen_tree(weights)  # the NNX model's weights as Linen variables
     from_nnx, _ = to_torch(table, nnx.state(nnx_model))
     from_linen, _ = to_torch(table, variables)
-    assert from_nnx.keys() == from_linen.keys() and all(
-        np.array_equal(from_nnx[k], from_linen[k]) for k in from_nnx
-    )
+    assert from_nnx.keys() == from_linen.keys()
+    assert all(np.array_equal(from_nnx[k], from_linen[k]) for k in from_nnx)
     assert from_nnx["mlp.up.weight"].shape == (16, 8)  # (out, in)
-    back = to_linen(table, from_linen)
-    assert all(np.array_equal(a, flax_leaves(back)[k]) for k, a in flax_leaves(variables).items())
-    state = nnx.state(nnx_model)
+    assert all(np.array_equal(a, flax_leaves(to_linen(table, from_linen))[k]) for k, a in weights.items())
+    other = NnxModel(rngs=nnx.Rngs(1))
+    state = nnx.state(other)
     nnx.replace_by_pure_dict(state, to_nnx(table, from_nnx))
-    nnx.update(nnx_model, state)
-    assert flax_leaves(nnx_model).keys() == flax_leaves(variables).keys()
+    nnx.update(other, state)
+    assert all(np.array_equal(a, flax_leaves(other)[k]) for k, a in weights.items())
+
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "nnx", nnx.state(nnx_model))  # an NNX user's checkpoint
+    checkpointer.wait_until_finished()
+    spec = f"{port}:TABLE"
+    code, out, _ = dfc_main(capsys, "convert", tmp_path / "nnx", tmp_path / "torch", "--table", spec)
+    assert code == 0, out
+    reader = SafetensorsReader(tmp_path / "torch")
+    assert all(np.array_equal(reader.tensor(k), from_nnx[k]) for k in from_nnx) and len(reader.tensors) == 8
+    reader.close()
+    code, out, _ = dfc_main(capsys, "convert", tmp_path / "torch", tmp_path / "back", "--table", spec)
+    assert code == 0, out
+    restored = checkpointer.restore(tmp_path / "back", {"model": nnx.state(NnxModel(rngs=nnx.Rngs(2)))})
+    checkpointer.close()
+    nnx.update(other := NnxModel(rngs=nnx.Rngs(3)), restored["model"])
+    assert all(np.array_equal(a, flax_leaves(other)[k]) for k, a in weights.items())

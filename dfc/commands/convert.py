@@ -95,16 +95,16 @@ def run(args: argparse.Namespace) -> int:
     from convert.options import ConvertError, Options
     from dfc.convert_checks import convert
 
-    model, table = args.model, None
-    if args.table:
+    model, table = None, None
+    if args.table or args.model:  # --model vae is --table vae: a registered table, found like any other
         from common.plugins import PluginError
         from common.tables import load_table, registered_name
 
         try:
-            table = load_table(args.table)
+            table = load_table(args.table or args.model)
         except PluginError as err:
             raise UserError(str(err)) from None
-        model = registered_name(table)
+        model = registered_name(table)  # a registered model: its configuration is inferred and checked
         table = None if model else table
     options = Options(
         model=model,

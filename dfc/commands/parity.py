@@ -109,7 +109,11 @@ def _suite(args, options):
 
     spec = args.suite or args.model or "all"
     try:
-        return load_suite(spec).configured(options)
+        suite = load_suite(spec)
+        given = [f"--{k}" for k in ("config", "steps", "batch", "frames") if getattr(options, k) is not None]
+        if given and suite.configure is None:
+            raise UserError(f"suite {spec} takes no {', '.join(given)} (it has no `configure`)")
+        return suite.configured(options)
     except PluginError as err:
         raise UserError(str(err)) from None
     except (ValueError, FileNotFoundError, TypeError) as err:

@@ -32,7 +32,11 @@ def ns(fw) -> ModuleType:
 
 def fill_token(fw, vae):
     """The VAE's learned fill token as an array of `fw` (an NNX Param holds it in `.value`)."""
-    return vae.fill_token.value if fw.name == "jax" else vae.fill_token
+    if fw.name == "jax":
+        from jax_ref.compat import get_value
+
+        return get_value(vae.fill_token)
+    return vae.fill_token
 
 
 @dataclass(frozen=True)

@@ -144,3 +144,22 @@ def block_subject(cfg: VAEConfig | DiTConfig) -> Subject:
 
 def block_width(cfg: VAEConfig | DiTConfig) -> int:
     return cfg.block_kwargs()["in_features"]
+
+
+def unet_subject(cfg: VAEConfig) -> Subject:
+    """The VAE decoder's 3D UNet on its own, converted as `decoder.unet.` of the VAE table."""
+    args = (cfg.unet_channels, cfg.channels, cfg.unet_base_features, cfg.unet_num_levels)
+    args += (cfg.unet_temporal_kernel,)
+
+    def build_jax(dtype, variant):
+        import jax_ref
+
+        return jax_ref.UNet(*args, **_jax_kwargs(dtype, variant))
+
+    def build_torch():
+        import torch_impl
+
+        return torch_impl.UNet(*args)
+
+    # every submodule holds (B, C, T, H, W); the UNet's own input and output are channels last
+    return _subject("unet", cfg, VAE_TABLE, "decoder.unet.", build_jax, build_torch, ("?*",))
