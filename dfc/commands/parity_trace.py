@@ -77,9 +77,9 @@ def add_compare_parser(parser: argparse.ArgumentParser) -> None:
     compare.add_argument("--report", default=argparse.SUPPRESS, metavar="DIR", help="where the report goes")
     compare.add_argument(
         "--judge",
-        choices=("flax0.10", "flax0.12.1"),
+        metavar="VARIANT",
         default=None,
-        help="numerics the verdict is against (default: the torch policy's own)",
+        help="the JAX bf16 variant the verdict is against (default: the torch policy's natural one)",
     )
 
 
