@@ -178,7 +178,19 @@ class Lineup:
             self._pick(self.torch, case),
             self.settings.device,
             channels_first,
+            {torch: ref for ref, torch in _paths(self.subjects, case).items() if torch is not None},
         )
+
+
+def _paths(subjects: Mapping[str, Subject], case: Case) -> dict[str, str | None]:
+    """The subjects' `paths` (reference path -> torch path or None), qualified as the case's calls are."""
+    several = len(case.models) > 1
+    out = {}
+    for name in case.models:
+        for ref, torch in subjects[name].paths.items():
+            key = f"{name}/{ref}" if several else ref
+            out[key] = None if torch is None else (f"{name}/{torch}" if several else torch)
+    return out
 
 
 def _qualified(subject: Subject, case: Case) -> tuple[str, ...]:
@@ -331,6 +343,8 @@ def run_case(case: Case, lineup: Lineup, inputs: Mapping[str, np.ndarray] | None
                 for j in jax_caps
             }
         result.rows = _rows(case, result.mode, reference, torch_out, jax_out, torch_cap, jax_caps, judges)
+        unpaired = {ref for ref, torch in _paths(lineup.subjects, case).items() if torch is None}
+        result.rows = [row for row in result.rows if row.path not in unpaired]
         result.only_torch = [k for k in torch_cap.calls if k not in reference.calls]
     return results
 
