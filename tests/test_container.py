@@ -547,8 +547,12 @@ def test_latents_larger_than_the_limit_are_refused_by_their_shape_alone():
 
 
 def test_the_coder_package_is_imported_only_for_coded_files(tmp_path):
+    import subprocess
+    import sys
+
+    here = Path(__file__).resolve().parent
     code = (
-        f"import sys, dataclasses; sys.path[:0] = [{str(Path(__file__).parent)!r}]\n"
+        f"import sys, dataclasses; sys.path[:0] = [{str(here)!r}, {str(here.parent)!r}]\n"
         "from test_container import make_video\n"
         "from dfc.container import decode_container, encode_container\n"
         "decode_container(encode_container(make_video(1)))\n"
@@ -556,8 +560,5 @@ def test_the_coder_package_is_imported_only_for_coded_files(tmp_path):
         "decode_container(encode_container(dataclasses.replace(make_video(1), latent_coding='zstd')))\n"
         "assert 'zstandard' in sys.modules\n"
     )
-    import subprocess
-    import sys
-
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
