@@ -302,7 +302,7 @@ def _coded(tensors: list[tuple[str, str, tuple, bytes]], coding: str) -> list[tu
     out = []
     for name, dtype, shape, data in tensors:
         if name.endswith(".latents"):
-            blob = entropy.encode(data, _DTYPES[dtype].itemsize, coding)
+            blob = entropy.encode(np.frombuffer(data, _DTYPES[dtype]).reshape(shape), coding)
             name, dtype, shape, data = f"{name}.{coding}", "U8", (len(blob),), blob
         out.append((name, dtype, shape, data))
     return out
@@ -532,10 +532,9 @@ def _decoded(
     from dfc import entropy
 
     try:
-        raw = entropy.decode(coded.tobytes(), wanted.itemsize, math.prod(shape) * wanted.itemsize, coding)
+        return entropy.decode(coded.tobytes(), wanted, shape, coding)
     except EntropyError as err:
         raise _Corrupt(f"{name}: {err}") from None
-    return np.frombuffer(raw, wanted).reshape(shape)
 
 
 def _clip_from(

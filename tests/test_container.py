@@ -520,7 +520,7 @@ def _coded_file_with(blob) -> bytes:
     """A well-formed, correctly checksummed version-2 file whose coded latents are `blob` (or `blob(raw)`)."""
     cv = dataclasses.replace(make_video(14), latent_coding="zstd")
     real = entropy.encode
-    coder = (lambda raw, itemsize, coding: blob(real(raw, itemsize))) if callable(blob) else lambda *_: blob
+    coder = (lambda stored, coding: blob(real(stored))) if callable(blob) else lambda *_: blob
     with mock.patch.object(entropy, "encode", coder):
         return encode_container(cv)
 
