@@ -1,4 +1,4 @@
-"""`dfc generate` and `dfc evaluate` as a user runs them, plus the metrics and generation API under them.
+"""`dfc generate` and `dfc evaluate` as a user runs them, plus the generation API under them.
 
 Models are the random-weight `vae-tiny` / `dit-tiny` pair (they fit: 16 patches x 24 latent channels).
 """
@@ -14,7 +14,6 @@ import pytest
 from cli_helpers import dfc, one_line_error, save_weights
 from videos import make_test_video
 
-from dfc.metrics import mse, psnr, ssim
 from dfc.video import probe, read_video
 
 
@@ -178,16 +177,3 @@ def test_evaluate_will_not_write_into_a_folder_that_holds_something(evaluated, w
     out, _ = evaluated
     result = dfc("evaluate", out / "gifs", "--weights", weights / "vae", "--out", out)
     assert "not an empty folder" in one_line_error(result, "evaluate")
-
-
-# -------------------------------------------------------------------------------------------- metrics
-
-
-def test_metrics_of_a_video_against_itself_and_a_shifted_copy():
-    video = np.random.default_rng(0).random((3, 16, 20, 3))
-    assert mse(video, video) == 0 and psnr(video, video) == float("inf")
-    assert ssim(video, video) == pytest.approx(1)
-    brighter = video + 0.1
-    assert mse(video, brighter) == pytest.approx(0.01)
-    assert psnr(video, brighter) == pytest.approx(20.0)
-    assert abs(ssim(video, np.random.default_rng(1).random(video.shape))) < 0.1  # unrelated noise

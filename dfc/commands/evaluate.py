@@ -3,6 +3,8 @@
 Writes into `--out` (created whole at the end, so a failure leaves nothing): `evaluation.csv`,
 `evaluation.json`, `evaluation.md`, `gifs/compare_<clip>.gif` (Original | Top-16 | Top-8 | Top-4 | Top-1)
 and `timelines/keep_<clip>.png` (keep probability, Bernoulli keep share, top-K choices per frame).
+With `--rd`, also `rd/`: rate-distortion points of the `.dfc` and of x264/x265 on the same frames
+(`rd.csv`, `rd.json`, `rd.md`, `curves/rd_<clip>.png`, `curves/rd_mean.png`; dfc/rd.py, dfc/rd_report.py).
 """
 
 from __future__ import annotations
@@ -53,6 +55,21 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch", type=int, default=4, metavar="B", help="decodes run together (default: 4)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    rd = parser.add_argument_group("rate and distortion (--rd)")
+    rd.add_argument(
+        "--rd",
+        action="store_true",
+        help="also measure bits per pixel against PSNR/SSIM/MS-SSIM for the .dfc file (each --topk budget x "
+        "latent dtype x coding) and for --baseline codecs on the same frames, with BD-rates, into OUT/rd/",
+    )
+    rd.add_argument(
+        "--baseline",
+        default="x264,x265",
+        help="codecs to compare with, comma-separated from x264, x265, or 'none' (default: x264,x265)",
+    )
+    rd.add_argument(
+        "--crf", default="18,24,30,36,42,51", help="CRF sweep of the baselines (default: 18,24,30,36,42,51)"
+    )
 
 
 def _topk(text: str) -> tuple[int, ...]:
@@ -63,6 +80,28 @@ def _topk(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise UserError(f"--topk budgets must be at least 1, got {text!r}")
     return values
+
+
+def _whole_numbers(text: str, option: str, low: int, high: int) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{option} must be comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < low or max(values) > high:
+        raise UserError(f"{option} values must be between {low} and {high}, got {text!r}")
+    return values
+
+
+def _baselines(text: str) -> tuple[str, ...]:
+    from dfc.rd import BASELINES
+
+    names = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    if names == ("none",):
+        return ()
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown or not names:
+        raise UserError(f"--baseline takes {', '.join(BASELINES)} or none, got {text!r}")
+    return names
 
 
 def _check_arguments(args: argparse.Namespace) -> tuple[list[Path], tuple[int, ...]]:
@@ -84,6 +123,8 @@ def _check_arguments(args: argparse.Namespace) -> tuple[list[Path], tuple[int, .
         raise UserError(f"{out}: exists and is not an empty folder; choose a new --out")
     if not out.absolute().parent.is_dir():
         raise UserError(f"{out}: the folder {out.absolute().parent} does not exist")
+    args.baselines = _baselines(args.baseline) if args.rd else ()
+    args.crfs = _whole_numbers(args.crf, "--crf", 0, 51) if args.rd else ()
     return videos, _topk(args.topk)
 
 
@@ -113,16 +154,16 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.absolute().parent))
     try:
-        results = []
+        results, rd_points = [], []
         fitted_cache: dict[Path, object] = {}
-        for key, (path, start, stop, _) in enumerate(
+        for key, (path, start, stop, info) in enumerate(
             tqdm(work, desc="evaluating", unit="clip", disable=args.quiet)
         ):
             if path not in fitted_cache:
                 fitted_cache.clear()  # one video's fitted frames at a time
                 frames = next(f for p, f, _ in inputs if p == path)
-                fitted_cache[path] = fit_to_model(frames, cfg.height, cfg.width, args.resize)[0]
-            fitted = fitted_cache[path]
+                fitted_cache[path] = fit_to_model(frames, cfg.height, cfg.width, args.resize)
+            fitted, crop = fitted_cache[path]
             clip_index = sum(1 for p, s, _, _ in work[:key] if p == path)
             noise = bernoulli_draws(args.seed, key, args.draws, stop - start)
             result, pictures = evaluate_clip(
@@ -130,9 +171,13 @@ def run(args: argparse.Namespace) -> int:
                 topk=topk, latent_dtype=args.latent_dtype, batch_size=args.batch,
             )  # fmt: skip
             results.append(result)
+            if args.rd:
+                clip_frames = fitted[start:stop]
+                rd_points += _rd_points(vae, clip_frames, crop, info.fps, result.label, loaded, args, topk)
             if not args.no_figures:
                 _figures(staging, result, pictures, args.gif_fps)
         _tables(staging, results, args, loaded, topk)
+        rd_lines = _rd_files(staging / "rd", rd_points, args, loaded, topk, cfg) if args.rd else []
         _publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -140,9 +185,12 @@ def run(args: argparse.Namespace) -> int:
     from dfc.evaluation import markdown_table
 
     print(markdown_table(results))
+    for line in rd_lines:
+        print(line)
     print(
         f"wrote    {out}/evaluation.csv, evaluation.json, evaluation.md"
         + ("" if args.no_figures else ", gifs/, timelines/")
+        + (", rd/" if args.rd else "")
     )
     return 0
 
@@ -184,6 +232,71 @@ def _tables(folder: Path, results, args, loaded, topk) -> None:
     (folder / "evaluation.csv").write_text(to_csv(results), encoding="utf-8")
     (folder / "evaluation.json").write_text(to_json(results, settings), encoding="utf-8")
     (folder / "evaluation.md").write_text(markdown_table(results) + "\n", encoding="utf-8")
+
+
+def _rd_points(vae, fitted, crop, fps, label, loaded, args, topk) -> list:
+    from dfc.rd import baseline_points, dfc_points
+    from dfc.video import to_uint8
+
+    frames = to_uint8(fitted)
+    points = dfc_points(
+        vae, frames, label=label, crop=crop, fps=fps, weights_id=loaded.identity, topk=topk,
+        batch_size=args.batch,
+    )  # fmt: skip
+    for codec in args.baselines:
+        points += baseline_points(frames, label=label, fps=fps, codec=codec, crfs=args.crfs)
+    return points
+
+
+def _rd_files(folder: Path, points, args, loaded, topk, cfg) -> list[str]:
+    """rd.csv/json/md and the curves; returns the lines to print."""
+    from dfc import rd_report
+    from dfc.container import LATENT_DTYPES
+    from dfc.entropy import CODINGS
+    from dfc.metrics import ms_ssim_note
+    from dfc.rd import BASELINE_ARGS, ffmpeg_facts, missing_baselines
+
+    exe, version, _ = ffmpeg_facts()
+    missing = missing_baselines(args.baselines)
+    settings = {
+        "ffmpeg": version,
+        "ffmpeg_path": exe,
+        "baselines": {name: BASELINE_ARGS[name] for name in args.baselines if name not in missing},
+        "missing": {name: f"n/a: this ffmpeg has no lib{name}" for name in missing},
+        "crfs": list(args.crfs),
+        "topk": list(topk),
+        "dtypes": list(LATENT_DTYPES),
+        "codings": list(CODINGS),
+        "weights_identity": loaded.identity,
+        "model_size": f"{cfg.width}x{cfg.height}",
+        "ms_ssim_note": ms_ssim_note(cfg.height, cfg.width),
+    }
+    means = rd_report.mean_points(points)
+    labels = list(dict.fromkeys(p.clip for p in points))
+    per_clip = {label: [p for p in points if p.clip == label] for label in labels}
+    bd = {label: rd_report.bd_rates(members, args.baselines) for label, members in per_clip.items()}
+    bd["mean"] = rd_report.bd_rates(means, args.baselines)
+    gain = rd_report.coding_gain(points)
+    everything = points + means
+    (folder / "curves").mkdir(parents=True)
+    (folder / "rd.csv").write_text(rd_report.to_csv(everything), encoding="utf-8")
+    (folder / "rd.json").write_text(rd_report.to_json(everything, bd, gain, settings), encoding="utf-8")
+    (folder / "rd.md").write_text(rd_report.markdown(everything, bd, gain, settings), encoding="utf-8")
+    if not args.no_figures:
+        for label, members in per_clip.items():
+            rd_report.curves_png(folder / "curves" / f"rd_{label}.png", label, members)
+        rd_report.curves_png(folder / "curves" / "rd_mean.png", f"mean of {len(labels)} clip(s)", means)
+    lines = []
+    for curve, row in bd["mean"].items():
+        cells = ", ".join(f"vs {key}: {rd_report._cell(value)}" for key, value in row.items())
+        lines.append(f"rd       {curve}: BD-rate {cells}" if cells else f"rd       {curve}: no baseline")
+    lines += [f"rd       {name}: {why}" for name, why in settings["missing"].items()]
+    lines.append(
+        "rd       entropy coding saves "
+        + "; ".join(f"{share:.1%} ({name})" for name, share in gain.items())
+        + " of the file bytes at equal quality"
+    )
+    return lines
 
 
 def _publish(staging: Path, out: Path) -> None:
