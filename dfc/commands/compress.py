@@ -50,6 +50,13 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         help="how latents are stored: bf16 (default), u8 (8-bit per channel, half the bytes) or f32",
     )
     parser.add_argument(
+        "--entropy",
+        choices=("zstd", "none"),
+        default="zstd",
+        help="lossless coding of the stored latents: zstd (default; a version-2 file) or none (version 1, "
+        "readable by older dfc)",
+    )
+    parser.add_argument(
         "--measure",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -116,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         source_name=Path(args.input).name,
         extra={"weights_source": _recordable(loaded.source)},
     )
+    cv.latent_coding = args.entropy
     measure = args.measure if args.measure is not None else args.latent_dtype == "u8"
     quality = _measure(vae, cv, frames, args) if measure else None
     quantization = quantization_effect(cv, args.latent_dtype) if args.latent_dtype != "f32" else None
@@ -171,9 +179,14 @@ def _print_summary(args, info, cv, loaded, report, quantization, quality) -> Non
         f"kept     {kept} of {cv.num_frames} frames ({kept / cv.num_frames:.1%}), "
         f"temporal {cv.num_frames / kept:.2f}x"
     )
+    coded = (
+        f", {cv.latent_coding}-coded from {report['latent_bytes_uncoded']:,} B"
+        if args.entropy != "none"
+        else ""
+    )
     print(
         f"wrote    {args.output}: {output_bytes:,} B "
-        f"({report['latent_bytes']:,} B of {cv.latent_dtype} latents, "
+        f"({report['latent_bytes']:,} B of {cv.latent_dtype} latents{coded}, "
         f"{output_bytes - report['latent_bytes']:,} B header and gaps)"
     )
     ratio = (
