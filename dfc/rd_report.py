@@ -159,6 +159,42 @@ def _cell(value: float | str) -> str:
     return f"{value:+.1f}%" if isinstance(value, float) else value
 
 
+def summary_lines(bd_mean: dict[str, dict[str, float | str]], gain: dict[str, float]) -> list[str]:
+    """What `evaluate --rd` prints: the mean curve's BD-rates, a line per .dfc curve, and the coding gain."""
+    lines, reasons = [], []
+    for curve, row in bd_mean.items():
+        cells = []
+        for key, value in row.items():
+            if isinstance(value, str):
+                reasons.append(value)
+                value = "n/a"
+            cells.append(f"{key.replace('psnr', 'PSNR').replace('ms_ssim', 'MS-SSIM')} {_cell(value)}")
+        lines.append(f"rd       {curve}: BD-rate " + (", ".join(cells) if cells else "(no baseline)"))
+    for reason in dict.fromkeys(reasons):
+        lines.append(f"rd       {reason}")
+    lines.append(
+        "rd       entropy coding saves "
+        + ", ".join(f"{share:.1%} ({name})" for name, share in gain.items())
+        + " of the file bytes at equal quality"
+    )
+    return lines
+
+
+def demo_line(dfc: RDPoint, baseline: Sequence[RDPoint]) -> str:
+    """One line: the .dfc point, the baseline's range, and the baseline's rate at the .dfc's PSNR."""
+    name = baseline[0].codec
+    low, high = min(baseline, key=lambda p: p.bpp), max(baseline, key=lambda p: p.bpp)
+    text = (
+        f".dfc {dfc.bpp:.3f} bpp at PSNR {dfc.psnr:.1f} dB; {name} {low.bpp:.3f}-{high.bpp:.3f} bpp at "
+        f"{low.psnr:.1f}-{high.psnr:.1f} dB ({low.setting.upper()}-{high.setting.split()[-1]})"
+    )
+    rates, quality = efficient([p.bpp for p in baseline], [p.psnr for p in baseline])
+    if len(rates) < 2 or not quality[0] <= dfc.psnr <= quality[-1]:
+        return text + f"; at equal PSNR {NO_OVERLAP.removeprefix('n/a: ')}"
+    needed = 10 ** float(np.interp(dfc.psnr, quality, np.log10(rates)))
+    return text + f"; {name} needs {needed:.3f} bpp at that PSNR (.dfc: {dfc.bpp / needed:.2f}x its bytes)"
+
+
 def markdown(points, bd_by_clip: dict[str, dict[str, dict]], gain: dict[str, float], settings: dict) -> str:
     """The summary: what was compared, BD-rates per clip and for the mean, coding gain, the mean points."""
     lines = [
@@ -209,6 +245,7 @@ def curves_png(path: str | Path, title: str, points: Sequence[RDPoint]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     curves: dict[str, list[RDPoint]] = defaultdict(list)
     for p in points:
@@ -221,6 +258,7 @@ def curves_png(path: str | Path, title: str, points: Sequence[RDPoint]) -> None:
             values = [getattr(p, metric) for p in members]
             ax.plot([p.bpp for p in members], values, style, label=name, markersize=4)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks collide
         ax.set_xlabel("bits per pixel (whole file)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", linewidth=0.3)

@@ -286,17 +286,7 @@ def _rd_files(folder: Path, points, args, loaded, topk, cfg) -> list[str]:
         for label, members in per_clip.items():
             rd_report.curves_png(folder / "curves" / f"rd_{label}.png", label, members)
         rd_report.curves_png(folder / "curves" / "rd_mean.png", f"mean of {len(labels)} clip(s)", means)
-    lines = []
-    for curve, row in bd["mean"].items():
-        cells = ", ".join(f"vs {key}: {rd_report._cell(value)}" for key, value in row.items())
-        lines.append(f"rd       {curve}: BD-rate {cells}" if cells else f"rd       {curve}: no baseline")
-    lines += [f"rd       {name}: {why}" for name, why in settings["missing"].items()]
-    lines.append(
-        "rd       entropy coding saves "
-        + "; ".join(f"{share:.1%} ({name})" for name, share in gain.items())
-        + " of the file bytes at equal quality"
-    )
-    return lines
+    return rd_report.summary_lines(bd["mean"], gain)
 
 
 def _publish(staging: Path, out: Path) -> None:
