@@ -82,9 +82,14 @@ def bd_rate(
     import bjontegaard
 
     (ra, qa), (rt, qt) = efficient(*anchor), efficient(*test)
+    if not len(ra) or not len(rt):
+        return TOO_FEW
+    low, high = max(qa.min(), qt.min()), min(qa.max(), qt.max())
+    if low > high:
+        return NO_OVERLAP
     if len(ra) < 2 or len(rt) < 2:
         return TOO_FEW
-    if max(qa.min(), qt.min()) >= min(qa.max(), qt.max()):
+    if low == high:
         return NO_OVERLAP
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

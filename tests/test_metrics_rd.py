@@ -62,7 +62,7 @@ def test_bd_rate_of_a_curve_needing_20_percent_fewer_bytes_is_minus_20():
 
 def test_bd_rate_is_not_given_where_the_curves_do_not_overlap():
     assert bd_rate((RATES, PSNR), (RATES, PSNR + 50)) == NO_OVERLAP
-    assert bd_rate((RATES, PSNR), (RATES[:1], PSNR[:1])) == TOO_FEW
+    assert bd_rate((RATES, PSNR), (RATES[1:2], PSNR[1:2])) == TOO_FEW  # one point inside the range
 
 
 def test_only_points_that_rise_in_quality_make_the_curve():
