@@ -69,6 +69,7 @@ def _row(folder: Path, clip: Path, precision: str, target_s: float, runs: int, s
 
     import torch_impl
     from dfc import container
+    from dfc.codec import compress_video
     from dfc.video import fit_to_model, read_video
     from torch_impl.selection import pack_kept, place_kept, select_frames
 
@@ -88,7 +89,7 @@ def _row(folder: Path, clip: Path, precision: str, target_s: float, runs: int, s
             lambda: place_kept(*packed[:3], packed.num_frames, vae.fill_token),
             target_s / 4,
         )
-    cv = torch_impl.compress_video(vae, frames, weights_id="bench", fps=24.0, clip_frames=len(fitted))
+    cv = compress_video(vae, frames, weights_id="bench", fps=24.0, clip_frames=len(fitted))
     blob = container.encode_container(cv)
     encode_file = timed(lambda: container.encode_container(cv), target_s / 4)
     decode_file = timed(lambda: container.decode_container(blob), target_s / 4)

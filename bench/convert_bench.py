@@ -71,6 +71,7 @@ def _child_floor() -> dict:
     import dfc.cli  # noqa: F401
     import dfc.commands.convert  # noqa: F401
     from convert import pipeline  # noqa: F401
+    from dfc import convert_checks  # noqa: F401
 
     return {"maxrss_mb": _maxrss_mb()}
 
@@ -79,11 +80,12 @@ def _child_read(src: str, *flags: str) -> dict:
     """Every model array, as `dfc convert` reads them; with `layout`, delivered in PyTorch layout too."""
     import numpy as np
 
-    from convert.infer import detect_model_type
+    from common.infer import detect_model_type
+    from common.tables import TABLES
+    from convert import layout
+    from convert.options import DEFAULT_BATCH_BYTES
     from convert.orbax_io import ArrayStore, find_model_subtree, read_tree_paths, resolve_checkpoint
-    from convert.pipeline import DEFAULT_BATCH_BYTES
     from convert.safetensors_io import copy_into
-    from convert.tables import TABLES
 
     location = resolve_checkpoint(src)
     subtree = find_model_subtree(read_tree_paths(location.step_dir))
@@ -102,7 +104,7 @@ def _child_read(src: str, *flags: str) -> dict:
             if info.key in kinds:
                 if buffer.size < array.nbytes:
                     buffer = np.empty(array.nbytes, np.uint8)
-                view = kinds[info.key].to_torch(array)
+                view = layout.to_torch(kinds[info.key], array)
                 copy_into(buffer[: array.nbytes].view(array.dtype).reshape(view.shape), view)
     return {"maxrss_mb": _maxrss_mb(), "cpu_s": _cpu_s(), "bytes": total, "arrays": len(infos)}
 
@@ -143,7 +145,7 @@ def _child_write(dst: str, nbytes: str, *flags: str) -> dict:
 def _child_make(kind: str, path: str) -> dict:
     sys.path.insert(0, str(REPO))
     from common.config import PRESETS
-    from tests.checkpoints import random_model, write_training_checkpoint
+    from jax_ref.checkpoints import random_model, write_training_checkpoint
 
     spec = CHECKPOINTS[kind]
     model = random_model(PRESETS[spec["preset"]], seed=0)

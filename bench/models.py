@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import time
 from pathlib import Path
 
@@ -52,7 +51,7 @@ def _log(msg: str) -> None:
 def vae_rows(
     cfg, frames_list: list[int], precisions: list[str], ops: list[str], target_s: float
 ) -> list[dict]:
-    """VAE encode/decode, torch_impl (eager) beside jax_ref's jitted `_encode`/`_decode` (whole model)."""
+    """VAE encode/decode, torch_impl (eager) beside jax_ref's jitted whole-model encode/decode."""
     import jax
     import jax.numpy as jnp
     import torch
@@ -60,7 +59,7 @@ def vae_rows(
 
     import jax_ref
     import torch_impl
-    from jax_ref.vae import _decode, _encode
+    from jax_ref.vae import jitted_decode, jitted_encode
 
     torch.manual_seed(0)
     tmodel = torch_impl.VideoVAE(cfg).eval()
@@ -87,11 +86,13 @@ def vae_rows(
             for op in ops:
                 if op == "encode":
                     t_fn = lambda tv=tv, tm=tm: tmodel.encoder(tv, tm)  # noqa: E731
-                    j_fn = lambda e=jmodel.encoder, jv=jv, jm=jm: jax.block_until_ready(_encode(e, jv, jm))  # noqa: E731
+                    enc = jmodel.encoder
+                    j_fn = lambda e=enc, jv=jv, jm=jm: jax.block_until_ready(jitted_encode(e, jv, jm))  # noqa: E731
                     flop = flops.vae_encode(cfg, frames)["total"]
                 else:
                     t_fn = lambda tl=tl, tm=tm: tmodel.decoder(tl, tm)  # noqa: E731
-                    j_fn = lambda d=jmodel.decoder, jl=jl, jm=jm: jax.block_until_ready(_decode(d, jl, jm))  # noqa: E731
+                    dec = jmodel.decoder
+                    j_fn = lambda d=dec, jl=jl, jm=jm: jax.block_until_ready(jitted_decode(d, jl, jm))  # noqa: E731
                     flop = flops.vae_decode(cfg, frames)["total"]
                 _log(f"vae {op} {frames} frames {precision}: torch")
                 with torch.inference_mode():
@@ -127,9 +128,7 @@ def dit_rows(cfg, frames: int, precisions: list[str], target_s: float, full_torc
     key_mask = mask[:, None, None, :]
     torch.manual_seed(0)
     tdit = torch_impl.VideoDiT(cfg).eval() if full_torch else None
-    tblock = torch_impl.FactoredAttention(
-        cfg.residual_dim, cfg.num_heads, cfg.qkv_features, cfg.mlp_dim, cfg.max_temporal_len, cfg.hw
-    ).eval()
+    tblock = torch_impl.FactoredAttention(**cfg.block_kwargs()).eval()
     rows: list[dict] = []
     jblocks: dict[str, object] = {}
     step = nnx.jit(lambda blk, x, m: blk(x, m))
@@ -137,12 +136,7 @@ def dit_rows(cfg, frames: int, precisions: list[str], target_s: float, full_torc
         jdt = JAX_DTYPE[precision]
         if jdt not in jblocks:
             jblocks[jdt] = jax_ref.FactoredAttention(
-                cfg.residual_dim,
-                cfg.num_heads,
-                cfg.qkv_features,
-                cfg.mlp_dim,
-                cfg.max_temporal_len,
-                cfg.hw,
+                **cfg.block_kwargs(),
                 rngs=nnx.Rngs(0),
                 dtype=_jnp_dtype(precision),
                 param_dtype=jnp.float32,
@@ -206,6 +200,7 @@ def ensure_vae_file(cfg, preset: str, cache: Path) -> Path:
     from safetensors.torch import save_file
 
     import torch_impl
+    from common.atomic import atomic_output
     from common.config import config_to_json
 
     folder = cache / preset
@@ -215,10 +210,9 @@ def ensure_vae_file(cfg, preset: str, cache: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     state = {k: v.contiguous() for k, v in torch_impl.VideoVAE(cfg).state_dict().items()}
-    tmp = folder / "model.safetensors.tmp"
-    save_file(state, str(tmp))
-    (folder / "config.json").write_text(config_to_json(cfg))
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:  # the weights appear last, so their presence means both are there
+        save_file(state, str(tmp))
+        (folder / "config.json").write_text(config_to_json(cfg))
     return path
 
 

@@ -74,6 +74,10 @@ class VAEConfig:
         """UNet input width: the upsampled video features, `channels * unembedding_upsample_rate`."""
         return self.channels * self.unembedding_upsample_rate
 
+    def block_kwargs(self) -> dict[str, int]:
+        """The keyword arguments of each `FactoredAttention` block of this model, in either framework."""
+        return block_kwargs(self.patch_dim, self, self.num_patches)
+
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": self.model_type, **dataclasses.asdict(self)}
 
@@ -99,8 +103,25 @@ class DiTConfig:
     def head_dim(self) -> int:
         return self.qkv_features // self.num_heads
 
+    def block_kwargs(self) -> dict[str, int]:
+        """The keyword arguments of each `FactoredAttention` block of this model, in either framework."""
+        return block_kwargs(self.residual_dim, self, self.hw)
+
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": self.model_type, **dataclasses.asdict(self)}
+
+
+def block_kwargs(in_features: int, cfg: VAEConfig | DiTConfig, max_spatial_len: int) -> dict[str, int]:
+    """`FactoredAttention(**kwargs)` of a block `in_features` wide in a model of `cfg`: the one statement
+    of its argument list (the same names in `jax_ref` and `torch_impl`)."""
+    return {
+        "in_features": in_features,
+        "num_heads": cfg.num_heads,
+        "qkv_features": cfg.qkv_features,
+        "mlp_dim": cfg.mlp_dim,
+        "max_temporal_len": cfg.max_temporal_len,
+        "max_spatial_len": max_spatial_len,
+    }
 
 
 AnyConfig = VAEConfig | DiTConfig

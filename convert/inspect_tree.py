@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.infer import detect_model_type
 from convert import safetensors_io as st
-from convert.infer import detect_model_type
 from convert.orbax_io import (
     LAYOUT_DESCRIPTIONS,
     ArrayStore,
@@ -100,9 +100,9 @@ def _describe_safetensors(path: Path) -> Listing:
 
 
 def _describe_pt(path: Path) -> Listing:
-    from convert.pipeline import _load_pt
+    from convert.torch_source import load_pt
 
-    state = _load_pt(path)
+    state = load_pt(path)
     leaves = []
     for name, tensor in sorted(state.items()):
         shape = tuple(tensor.shape)
@@ -121,10 +121,11 @@ def _describe_pt(path: Path) -> Listing:
 
 
 def _torch_model_type(leaves: list[Leaf]) -> str | None:
-    from convert.pipeline import ConvertError, _torch_named_model
+    from convert.options import ConvertError
+    from convert.resolve import torch_named_model
 
     try:
-        return _torch_named_model(None, {".".join(leaf.path): leaf.shape for leaf in leaves})[0]
+        return torch_named_model(None, {".".join(leaf.path): leaf.shape for leaf in leaves})[0]
     except ConvertError:
         return None
 

@@ -30,7 +30,7 @@ _TMP_MARKER = ".orbax-checkpoint-tmp"
 # `290000`, `checkpoint_step_290000`, `checkpoint_step_250000_master`, `ckpt_100` (a manager's step_prefix).
 _STEP_NAME = re.compile(r"^(?:.*step[_-]?|[A-Za-z]+_)?(\d+)(?:_[A-Za-z]\w*)?$")
 
-# (axis permutation or None, axes reversed after it): see `convert.layout.Kind.torch_axes`.
+# (axis permutation or None, axes reversed after it): see `common.kinds.Kind.torch_axes`.
 Layout = tuple[tuple[int, ...] | None, tuple[int, ...]]
 
 
@@ -373,19 +373,16 @@ def plan_batches(infos: Sequence[ArrayInfo], batch_bytes: int) -> Iterator[list[
         yield batch
 
 
-def nest_flat(flat: Mapping[str, np.ndarray], leaf_key: str | None = "value") -> dict:
-    """Dotted names -> the nested dict the training code hands to Orbax: each array under `leaf_key`,
-    as nnx keeps a variable's array under `value`, list indices as string keys."""
-    root: dict = {}
-    for name, array in flat.items():
-        node = root
-        *parents, last = name.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"{name}: a leaf and a subtree share the path {part}")
-        node[last] = {leaf_key: array} if leaf_key else array
-    return root
+def read_model_arrays(path: str | os.PathLike, step: int | None = None) -> dict[str, np.ndarray]:
+    """The model subtree of an Orbax checkpoint (a step directory or a CheckpointManager root) as flat
+    arrays, `{dotted Flax name: array}`, exactly as stored; optimizer subtrees are never read."""
+    step_dir = resolve_checkpoint(path, step).step_dir
+    subtree = find_model_subtree(read_tree_paths(step_dir))
+    store = ArrayStore(step_dir)
+    names = sorted(subtree.leaves)
+    infos = store.infos([subtree.leaves[n] for n in names])
+    arrays = store.read(infos)
+    return {n: arrays[info.key] for n, info in zip(names, infos)}
 
 
 def write_orbax(path: str | os.PathLike, tree: dict) -> None:

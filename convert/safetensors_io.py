@@ -14,7 +14,6 @@ import json
 import math
 import mmap
 import os
-import struct
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from convert import safetensors_header as framing
 from convert.blas_transpose import transpose_into
 
 SINGLE_FILE = "model.safetensors"
@@ -31,7 +31,6 @@ CONFIG_FILE = "config.json"
 # Hugging Face's default largest shard (huggingface_hub `max_shard_size="5GB"`): the full DiT in fp32
 # (2.0 GB) stays one file, like the published weights.
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
-_ALIGN = 8
 
 _CODES = {
     np.dtype(np.float64): "F64",
@@ -88,9 +87,7 @@ def encode_header(specs: Sequence[TensorSpec], metadata: Mapping[str, str] | Non
             "data_offsets": [offset, offset + spec.nbytes],
         }
         offset += spec.nbytes
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % _ALIGN)
-    return struct.pack("<Q", len(text)) + text
+    return framing.frame(header)
 
 
 def copy_into(dst: np.ndarray, src: np.ndarray, block_bytes: int = 1 << 18) -> None:
@@ -472,23 +469,17 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, StoredTensor], dict[
     """Tensors and `__metadata__` of one file, checked: offsets contiguous and inside the file."""
     path = Path(path)
     size = path.stat().st_size
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise SafetensorsError(f"{path}: not a safetensors file (shorter than its header length)")
-        (length,) = struct.unpack("<Q", raw)
-        if length > size - 8 or length > 100 << 20:
-            raise SafetensorsError(
-                f"{path}: not a safetensors file (header length {length} for {size} bytes)"
-            )
-        try:
-            header = json.loads(f.read(length))
-        except ValueError:
-            raise SafetensorsError(f"{path}: not a safetensors file (header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise SafetensorsError(f"{path}: not a safetensors file (header is not an object)")
+    try:
+        with open(path, "rb") as f:
+            header, data_start = framing.read(f, size)
+    except framing.HeaderError as err:
+        why = {
+            "short": "shorter than its header length",
+            "json": "header is not JSON",
+            "object": "header is not an object",
+        }.get(err.reason, f"header length {err.length} for {size} bytes")
+        raise SafetensorsError(f"{path}: not a safetensors file ({why})") from None
     metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + length
     tensors = {}
     for name, entry in header.items():
         try:

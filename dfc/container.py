@@ -15,16 +15,17 @@ import json
 import math
 import numbers
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from convert import safetensors_header as framing
 from dfc import __version__
 from dfc.entropy import CODINGS, EntropyError
 from dfc.errors import UserError
+from dfc.latent_values import bf16_bits_to_float32, dequantize_u8, float32_to_bf16_bits, quantize_u8
 from dfc.video import Crop, atomic_output
 
 FORMAT_NAME = "dfc-video"
@@ -37,7 +38,6 @@ BYTES_PER_VALUE = {"bf16": 2, "f32": 4, "u8": 1}
 
 _META_FORMAT, _META_VERSION, _META_DOC, _META_DIGEST = "format", "format_version", "dfc", "dfc.sha256"
 _DIGEST_PLACEHOLDER = "0" * 64
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit; a larger "header" is not a header
 
 
 class ContainerError(UserError):
@@ -114,87 +114,10 @@ class CompressedVideo:
         return sum(clip.kept for clip in self.clips)
 
 
-# ---------------------------------------------------------------------------------------- bf16 and 8-bit
-
-
-def float32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns (uint16) of float32 values, rounded to nearest, ties to even."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
-    out = (rounded >> np.uint32(16)).astype(np.uint16)
-    nan = np.isnan(values)
-    if nan.any():  # rounding could carry a NaN's payload into infinity; keep it a (quiet) NaN
-        out[nan] = ((bits[nan] >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16)
-    return out
-
-
-def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
-    """float32 values of bfloat16 bit patterns (exact: every bf16 value is a float32 value)."""
-    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
-
-
-def quantize_u8(latents: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-channel affine 8-bit codes of a clip's latents `(K, hw, L)`: `(codes uint8, scale (L,), low (L,))`.
-
-    Each latent channel gets its own range (channels differ in scale), spread over 256 levels; the
-    error per value is at most half a step, `scale / 2`.
-    """
-    low = latents.min(axis=(0, 1)).astype(np.float32)
-    scale = ((latents.max(axis=(0, 1)) - low) / np.float32(255)).astype(np.float32)
-    step = np.where(scale > 0, scale, np.float32(1))
-    codes = np.clip(np.rint((latents - low) / step), 0, 255).astype(np.uint8)
-    return codes, scale, low
-
-
-def dequantize_u8(codes: np.ndarray, scale: np.ndarray, low: np.ndarray) -> np.ndarray:
-    return codes.astype(np.float32) * scale + low
-
-
-def stored_values(latents: np.ndarray, latent_dtype: str) -> np.ndarray:
-    """The float32 latents a reader gets back after storing `latents` as `latent_dtype`."""
-    if latent_dtype == "f32":
-        return np.asarray(latents, np.float32)
-    if latent_dtype == "bf16":
-        return bf16_bits_to_float32(float32_to_bf16_bits(latents))
-    return dequantize_u8(*quantize_u8(np.asarray(latents, np.float32)))
-
-
-def quantization_effect(cv: CompressedVideo, latent_dtype: str = "u8") -> dict[str, Any]:
-    """What storing these latents as `latent_dtype` costs: errors against float32 and bytes saved.
-
-    Call it before writing (on the encoder's float32 latents): after reading, latents already are
-    the stored values and the error would show as zero.
-    """
-    _check_choice("latent_dtype", latent_dtype, LATENT_DTYPES)
-    squared, count, worst, energy, per_clip = 0.0, 0, 0.0, 0.0, []
-    for clip in cv.clips:
-        original = np.asarray(clip.latents, np.float32)
-        error = stored_values(original, latent_dtype) - original
-        clip_worst = float(np.abs(error).max(initial=0.0))
-        per_clip.append(clip_worst)
-        squared += float(np.square(error, dtype=np.float64).sum())
-        energy += float(np.square(original - original.mean(), dtype=np.float64).sum())
-        count += error.size
-        worst = max(worst, clip_worst)
-    mse = squared / max(count, 1)
-    variance = energy / max(count, 1)
-    return {
-        "latent_dtype": latent_dtype,
-        "values": count,
-        "rmse": math.sqrt(mse),
-        "max_abs_error": worst,
-        "max_abs_error_per_clip": per_clip,
-        "latent_std": math.sqrt(variance),
-        "snr_db": 10 * math.log10(variance / mse) if mse > 0 and variance > 0 else math.inf,
-        "latent_bytes": count * BYTES_PER_VALUE[latent_dtype],
-        "latent_bytes_bf16": count * BYTES_PER_VALUE["bf16"],
-    }
-
-
 # ---------------------------------------------------------------------------------------------- checking
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ContainerError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
 
@@ -220,9 +143,9 @@ def _check_clip(index: int, clip: ClipLatents, model: ModelInfo) -> None:
 
 def check_compressed_video(cv: CompressedVideo) -> None:
     """Every rule a `.dfc` file obeys; raises `ContainerError` naming the first one broken."""
-    _check_choice("latent_dtype", cv.latent_dtype, LATENT_DTYPES)
-    _check_choice("latent_coding", cv.latent_coding, CODINGS)
-    _check_choice("keep mode", cv.keep.mode, KEEP_MODES)
+    check_choice("latent_dtype", cv.latent_dtype, LATENT_DTYPES)
+    check_choice("latent_coding", cv.latent_coding, CODINGS)
+    check_choice("keep mode", cv.keep.mode, KEEP_MODES)
     if not (isinstance(cv.fps, numbers.Real) and math.isfinite(cv.fps) and cv.fps > 0):
         raise ContainerError(f"fps must be a positive number, got {cv.fps!r}")
     if cv.clip_frames < 1 or cv.num_frames < 1:
@@ -354,9 +277,7 @@ def encode_container(cv: CompressedVideo) -> bytes:
             }
             chunks.append(data)
             offset += len(data)
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    header_bytes += b" " * (-len(header_bytes) % 8)  # safetensors pads the header so data is 8-byte aligned
-    prefix = struct.pack("<Q", len(header_bytes)) + header_bytes
+    prefix = framing.frame(header)
     digest = hashlib.sha256(prefix)
     for chunk in chunks:
         digest.update(chunk)
@@ -423,16 +344,17 @@ def _finite(value: int | float, key: str) -> float:
 
 
 def _parse_header(data: bytes) -> tuple[dict[str, Any], int]:
-    _need(len(data) >= 8, "too short to be a .dfc file")
-    (size,) = struct.unpack("<Q", data[:8])
-    _need(0 < size <= _MAX_HEADER, "not a .dfc file (no safetensors header)")
-    _need(8 + size <= len(data), f"truncated: the header needs {8 + size} bytes, the file has {len(data)}")
     try:
-        header = json.loads(data[8 : 8 + size].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _Corrupt("not a .dfc file (its header is not JSON)") from None
-    _need(isinstance(header, dict), "not a .dfc file (its header is not a JSON object)")
-    return header, 8 + size
+        return framing.parse(data)
+    except framing.HeaderError as err:
+        why = {
+            "short": "too short to be a .dfc file",
+            "length": "not a .dfc file (no safetensors header)",
+            "truncated": f"truncated: the header needs {8 + err.length} bytes, the file has {len(data)}",
+            "json": "not a .dfc file (its header is not JSON)",
+            "object": "not a .dfc file (its header is not a JSON object)",
+        }[err.reason]
+        raise _Corrupt(why) from None
 
 
 def _check_format(header: dict[str, Any]) -> dict[str, str]:
@@ -661,54 +583,3 @@ def read_container(path: str | os.PathLike, *, expected_weights: str | None = No
     except OSError as err:
         raise ContainerError(f"{path}: cannot read ({err.strerror or err})") from None
     return decode_container(data, expected_weights=expected_weights, name=str(path))
-
-
-# ----------------------------------------------------------------------------------------------- reports
-
-
-def size_report(cv: CompressedVideo, input_path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Where the bytes go. Every ratio is in bytes (stored file against uint8 RGB frames), not in values."""
-    data = encode_container(cv)
-    container_bytes = len(data)
-    header, _ = _parse_header(data)
-    stored_latent_bytes = sum(  # entropy-coded latents take what their coded tensors take
-        spec["data_offsets"][1] - spec["data_offsets"][0]
-        for name, spec in header.items()
-        if ".latents" in name
-    )
-    per_value = BYTES_PER_VALUE[cv.latent_dtype]
-    latent_frame_bytes = cv.model.num_patches * cv.model.latent_dim * per_value
-    pixel_frame_bytes = cv.model.height * cv.model.width * 3
-    raw_original = cv.num_frames * cv.width * cv.height * 3
-    raw_model = cv.num_frames * pixel_frame_bytes
-    input_bytes = os.path.getsize(input_path) if input_path is not None else None
-    kept = cv.kept_frames
-    values_ratio = pixel_frame_bytes / (cv.model.num_patches * cv.model.latent_dim)
-    return {
-        "container_bytes": container_bytes,
-        "latent_bytes": stored_latent_bytes,
-        "latent_bytes_uncoded": kept * latent_frame_bytes,
-        "latent_coding": cv.latent_coding,
-        "overhead_bytes": container_bytes - stored_latent_bytes,
-        "raw_bytes_original": raw_original,
-        "raw_bytes_model": raw_model,
-        "input_bytes": input_bytes,
-        "ratio_vs_raw_original": raw_original / container_bytes,
-        "ratio_vs_raw_model": raw_model / container_bytes,
-        "ratio_vs_input": input_bytes / container_bytes if input_bytes else None,
-        "num_frames": cv.num_frames,
-        "kept_frames": kept,
-        "frames_per_clip": [clip.num_frames for clip in cv.clips],
-        "kept_per_clip": [clip.kept for clip in cv.clips],
-        "temporal_ratio": cv.num_frames / kept,
-        "latent_dtype": cv.latent_dtype,
-        "latent_frame_bytes": latent_frame_bytes,
-        "pixel_frame_bytes": pixel_frame_bytes,
-        "per_kept_frame_byte_ratio": pixel_frame_bytes / latent_frame_bytes,
-        "per_kept_frame_value_ratio": values_ratio,
-        "note": (
-            f"ratios are in bytes: a kept latent frame stored as {cv.latent_dtype} is "
-            f"{latent_frame_bytes:,} B against {pixel_frame_bytes:,} B of uint8 pixels at the model size "
-            f"({pixel_frame_bytes / latent_frame_bytes:.1f}x; {values_ratio:.1f}x counting values)"
-        ),
-    }

@@ -87,7 +87,9 @@ def demo_clip(
         hull = (np.abs(x - boat_x) < 0.12 * width) & (np.abs(y - boat_y) < 0.04 * height)
         frame[hull] = (0.45, 0.2, 0.1)
         frames[t] = frame
-    return np.rint(np.clip(frames, 0, 1) * 255).astype(np.uint8)
+    from dfc.video import to_uint8
+
+    return to_uint8(frames)
 
 
 def _cli(argv: list[str], quiet: bool) -> tuple[int, str]:
@@ -227,11 +229,12 @@ def run_demo(options: DemoOptions) -> DemoSummary:
 def _compress_and_decompress(
     options: DemoOptions, weights: str, input_path: Path, clip, summary, phases
 ) -> None:
-    from dfc.container import read_container, size_report, write_container
+    from dfc.codec import check_model_fits, compress_video, decode_clips
+    from dfc.container import read_container, write_container
+    from dfc.container_report import size_report
     from dfc.figures import side_by_side
     from dfc.models import load_model
     from dfc.video import restore_frames, write_video
-    from torch_impl.codec import check_model_fits, compress_video, decode_clips
 
     out = options.out
     phases.start("load", "loading the converted weights into torch_impl")

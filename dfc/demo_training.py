@@ -112,7 +112,8 @@ def save_training_checkpoint(path: Path, model, optimizer) -> Path:
     """`{"model": nnx.state(model), "optimizer": nnx.state(optimizer)}` as numpy arrays, saved by Orbax."""
     from flax import nnx
 
-    from convert.orbax_io import nest_flat, write_orbax
+    from common.trees import nest_flat
+    from convert.orbax_io import write_orbax
     from jax_ref import state_to_flat
 
     model_tree = nest_flat(

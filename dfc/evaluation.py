@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dfc.container import BYTES_PER_VALUE, stored_values
+from dfc.container import BYTES_PER_VALUE
+from dfc.latent_values import stored_values
 from dfc.metrics import ms_ssim, mse, psnr, ssim
+from dfc.video import to_uint8
 
 DEFAULT_TOPK = (16, 8, 4, 1)
 DEFAULT_DRAWS = 16
@@ -148,16 +150,12 @@ def evaluate_clip(
         keep_probability=[round(float(p), 4) for p in prob],
     )
     pictures = ClipPictures(
-        original=_to_uint8(frames),
-        topk={label: _to_uint8(recon) for label, recon in topk_frames.items()},
+        original=to_uint8(frames),
+        topk={label: to_uint8(recon) for label, recon in topk_frames.items()},
         topk_keeps={label: keep[0].numpy() for label, keep in topk_keeps.items()},
         bernoulli_keeps=bernoulli_keeps.numpy(),
     )
     return result, pictures
-
-
-def _to_uint8(frames: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def decode_keeps(vae, latents: np.ndarray, keeps, batch_size: int) -> np.ndarray:

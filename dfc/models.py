@@ -11,11 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.hub import DEFAULT_REPO, HUB_FILENAMES
 from common.precision import Precision
 from dfc.errors import UserError
-
-DEFAULT_REPO = "floatingtrees2/dynamic-frame-compression"  # == torch_impl.loading.DEFAULT_REPO
-HUB_FILES = {"vae": "vae_pytorch.pt", "dit": "dit_pytorch.pt"}
 
 
 @dataclass
@@ -58,7 +56,7 @@ def _how_to_provide(model_type: str, source: str) -> str:
     )
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face hub could not be reached"
-    name = HUB_FILES[model_type]
+    name = HUB_FILENAMES[model_type]
     return (
         f"no {model_type.upper()} weights: {name} of the Hugging Face repo {source} is not in the local "
         f"cache ({cache}) and {why}; pass --weights PATH (a .pt, a .safetensors or a folder with "
@@ -70,7 +68,6 @@ def _how_to_provide(model_type: str, source: str) -> str:
 def load_model(model_type: str, source: str | os.PathLike | None, device: str, precision: str) -> LoadedModel:
     """The VAE or DiT behind `source` (default: the published repo), with its weights identity."""
     import torch_impl
-    from torch_impl.weights import file_identity, weights_files
 
     source = os.fspath(source) if source is not None else DEFAULT_REPO
     # "owner/name" is a hub repo id; anything path-like that does not exist is a typo, not a repo
@@ -80,9 +77,9 @@ def load_model(model_type: str, source: str | os.PathLike | None, device: str, p
     loader = torch_impl.load_vae if model_type == "vae" else torch_impl.load_dit
     _quiet_hub()
     try:
-        files = weights_files(source, model_type)
-        model = loader(source, device=resolve_device(device), precision=precision)
-        identity = file_identity(files)
+        located = torch_impl.locate_weights(source, model_type)  # once: the loader reads what is hashed
+        model = loader(located, device=resolve_device(device), precision=precision)
+        identity = torch_impl.file_identity(located.files)
     except torch_impl.WeightsNotFoundError as err:
         if Path(source).exists():
             raise UserError(f"--weights {source}: {_first_line(err)}") from None

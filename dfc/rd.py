@@ -89,10 +89,11 @@ def dfc_points(
     """`.dfc` points of one clip. `frames`: uint8 `(T, h, w, 3)` at the model's size."""
     import torch
 
-    from dfc.container import decode_container, encode_container, stored_values
+    from dfc.codec import model_info
+    from dfc.container import decode_container, encode_container
     from dfc.evaluation import decode_keeps
+    from dfc.latent_values import stored_values
     from dfc.video import to_uint8
-    from torch_impl.codec import model_info
     from torch_impl.selection import pack_kept, select_frames
 
     length = len(frames)

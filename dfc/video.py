@@ -11,8 +11,6 @@ import json
 import math
 import os
 import re
-import secrets
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.atomic import atomic_output as staged_output
 from dfc.errors import UserError
 
 FIT_MODES = ("crop", "stretch")
@@ -380,12 +379,6 @@ def split_clips(num_frames: int, clip_frames: int = 32, max_len: int = 64) -> li
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def _temporary_sibling(path: Path) -> Path:
-    # Same folder, so the final rename never crosses file systems and is atomic; hidden, so a half-written
-    # file is never mistaken for a result.
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-
-
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it becomes `path`, on any failure it vanishes."""
@@ -394,15 +387,11 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise UserError(f"{path}: the folder {path.parent} does not exist")
     if path.is_dir():
         raise UserError(f"{path}: is a folder")
-    tmp = _temporary_sibling(path)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with staged_output(path) as tmp:
+            yield tmp
     except OSError as err:
         raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def _is_folder_target(path: str | os.PathLike) -> bool:
@@ -427,20 +416,19 @@ def _write_folder(path: Path, frames: np.ndarray, fps: float) -> None:
         raise UserError(f"{path}: folder exists and is not empty; choose a new or empty folder")
     if not path.parent.is_dir():
         raise UserError(f"{path}: the folder {path.parent} does not exist")
-    tmp = _temporary_sibling(path)
     try:
-        tmp.mkdir()
-        for t, frame in enumerate(frames):
-            Image.fromarray(frame).save(tmp / FRAME_PATTERN.format(t))
-        info = {"fps": fps, "num_frames": len(frames), "width": frames.shape[2], "height": frames.shape[1]}
-        (tmp / FOLDER_INFO).write_text(json.dumps(info) + "\n", encoding="utf-8")
-        if path.exists():
-            path.rmdir()  # empty (checked above); rename cannot replace a folder otherwise
-        os.rename(tmp, path)
+        with staged_output(path, is_dir=True) as tmp:  # replaces an empty folder (checked above)
+            for t, frame in enumerate(frames):
+                Image.fromarray(frame).save(tmp / FRAME_PATTERN.format(t))
+            info = {
+                "fps": fps,
+                "num_frames": len(frames),
+                "width": frames.shape[2],
+                "height": frames.shape[1],
+            }
+            (tmp / FOLDER_INFO).write_text(json.dumps(info) + "\n", encoding="utf-8")
     except OSError as err:
         raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fps_argument(fps: float) -> str:

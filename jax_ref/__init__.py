@@ -1,6 +1,7 @@
 """Flax NNX reference implementation of the video VAE and DiT; `nnx.state` paths are the training code's.
 
-Imports jax and flax only (never torch).
+Imports jax and flax only (never torch, `convert` or `dfc`). Shapes use the one legend of
+docs/ARCHITECTURE.md (B batch, T frames, P patches per frame, ...).
 """
 
 from jax_ref.dit import VideoDiT

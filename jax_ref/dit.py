@@ -1,6 +1,7 @@
 """The video DiT: velocity of the flow plus the spacing of the generated frames (MODEL_SPEC section 5).
 
 No JAX source of it is public; its parameter names follow from the published PyTorch keys.
+Shapes use the one legend of docs/ARCHITECTURE.md (here T counts latent frames, D is residual_dim).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from jax_ref.layers import FactoredAttention
 
 
 class VideoDiT(nnx.Module):
-    """`latent (B, T, hw, L), mask (B, T) bool, time (B, 1) -> (velocity (B, T, hw, L), gaps (B, T))`."""
+    """`latent (B, T, P, L), mask (B, T) bool, time (B, 1) -> (velocity (B, T, P, L), gaps (B, T))`."""
 
     def __init__(
         self,
@@ -36,16 +37,7 @@ class VideoDiT(nnx.Module):
         self.timestep_proj = linear(1, cfg.residual_dim, kernel_init=zeros, bias_init=zeros, **lin)
         self.up_proj = linear(cfg.compressed_channel_dim, cfg.residual_dim, **lin)
         self.layers = module_list(
-            FactoredAttention(
-                cfg.residual_dim,
-                cfg.num_heads,
-                cfg.qkv_features,
-                cfg.mlp_dim,
-                cfg.max_temporal_len,
-                cfg.hw,
-                norm_numerics=norm_numerics,
-                **lin,
-            )
+            FactoredAttention(**cfg.block_kwargs(), norm_numerics=norm_numerics, **lin)
             for _ in range(cfg.depth)
         )
         self.down_proj = linear(cfg.residual_dim, cfg.compressed_channel_dim, **lin)
@@ -53,7 +45,7 @@ class VideoDiT(nnx.Module):
         self.spacing_pred2 = linear(cfg.hw, 1, **lin)
 
     def __call__(self, latent: jax.Array, mask: jax.Array, time: jax.Array) -> tuple[jax.Array, jax.Array]:
-        # (B, R) time embedding broadcast over frames and patches
+        # (B, D) time embedding broadcast over frames and patches
         x = self.up_proj(latent) + self.timestep_proj(time)[:, None, None, :]
         key_mask = jnp.asarray(mask, bool)[:, None, None, :]
         for layer in self.layers:

@@ -1,6 +1,7 @@
 """Transformer building blocks of both models (MODEL_SPEC section 2), channels last.
 
 Attribute names are the parameter-tree names of the training code; they end up verbatim in checkpoints.
+Shapes use the one legend of docs/ARCHITECTURE.md (B, T, P, D, S, N, d, ...).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from jax_ref.norms import LayerNorm
 
 
 class PatchEmbedding(nnx.Module):
-    """`(B, T, H, W, C) -> (B, T, hw, D)` with `D = p*p*C`: patchify, `norm`, then `linear`."""
+    """`(B, T, H, W, C) -> (B, T, P, D)` with `D = p*p*C`: patchify, `norm`, then `linear`."""
 
     def __init__(
         self,
@@ -45,7 +46,7 @@ class PatchEmbedding(nnx.Module):
 
 
 class PatchUnEmbedding(nnx.Module):
-    """`(B, T, hw, D) -> (features (B, T, H, W, C*u), video (B, T, H, W, C))`."""
+    """`(B, T, P, D) -> (features (B, T, H, W, C*u), video (B, T, H, W, C))`."""
 
     def __init__(
         self,
@@ -88,7 +89,7 @@ class PatchUnEmbedding(nnx.Module):
 
 
 class ROPE(nnx.Module):
-    """Rotary embedding over axis 1 of `(B, S, N, hd)`; position = sequence index, first S cache rows."""
+    """Rotary embedding over axis 1 of `(B, S, N, d)`; position = sequence index, first S cache rows."""
 
     def __init__(self, head_dim: int, max_len: int):
         cos, sin = rope_tables(max_len, head_dim)
@@ -108,7 +109,7 @@ RotaryEmbedding = ROPE  # the original's class name; `ROPE` is the attribute nam
 
 
 class Attention(nnx.Module):
-    """`(B, S, Din), mask (B, 1, 1, S) bool | None -> update (B, S, Din)`; the caller adds the residual."""
+    """`(B, S, D), mask (B, 1, 1, S) bool | None -> update (B, S, D)`; the caller adds the residual."""
 
     def __init__(
         self,
@@ -169,7 +170,7 @@ class MLP(nnx.Module):
 
 
 class FactoredAttention(nnx.Module):
-    """`(B, T, hw, D), mask (B, 1, 1, T) bool | None -> (B, T, hw, D)`: temporal, then spatial attention.
+    """`(B, T, P, D), mask (B, 1, 1, T) bool | None -> (B, T, P, D)`: temporal, then spatial attention.
 
     The residuals are added inside.
 

@@ -1,7 +1,7 @@
 """A module's state as a flat `{dotted name: numpy array}` dict, and back, strictly.
 
 Names are the training code's tree paths without Orbax's `model.` prefix and `.value` suffix, list indices
-as strings: `encoder.layers.0.TemporalAttention.qkv_projection.kernel` (the names of `convert.tables`).
+as strings: `encoder.layers.0.TemporalAttention.qkv_projection.kernel` (the names of `common.tables`).
 Walks the live module graph, so it behaves the same on every supported flax.
 """
 

@@ -14,7 +14,7 @@ def _velocity(dit, x: jax.Array, mask: jax.Array, t: jax.Array):
 
 
 def sample(dit, noise: jax.Array, mask: jax.Array, num_steps: int) -> tuple[jax.Array, jax.Array]:
-    """`noise (B, T, hw, L)`, `mask (B, T)` bool -> `(x (B, T, hw, L) float32, gaps (B, T) float32)`.
+    """`noise (B, T, P, L)`, `mask (B, T)` bool -> `(x (B, T, P, L) float32, gaps (B, T) float32)`.
 
     x_{i+1} = x_i + v(x_i, t=i/N) / N. The state stays float32 (the original kept it in bf16, rounding
     each of the N small updates); the model runs in its own compute dtype. The gaps are the last step's.

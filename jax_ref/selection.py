@@ -2,6 +2,7 @@
 
 All batched with array ops; the only host round trip is K, the packed length, which sets an array shape.
 Packing and placing are compiled once per shape (op-by-op dispatch would compile every primitive).
+Shapes use the one legend of docs/ARCHITECTURE.md (K: kept slots, the largest kept count of the batch).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ MODES = ("threshold", "bernoulli", "topk")
 
 
 class Compressed(NamedTuple):
-    """Kept latent frames `(B, K, hw, L)` in time order, their gaps `(B, K)` int32, which slots are real
+    """Kept latent frames `(B, K, P, L)` in time order, their gaps `(B, K)` int32, which slots are real
     `(B, K)` bool, and the frame count `T` of the clip they came from."""
 
     kept: jax.Array
@@ -63,7 +64,7 @@ def select_frames(
 
 
 def pack_kept(latent: jax.Array, keep: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """`latent (B, T, hw, L)`, `keep (B, T)` -> `(kept (B, K, hw, L), gaps (B, K) int32, kept_valid (B, K))`.
+    """`latent (B, T, P, L)`, `keep (B, T)` -> `(kept (B, K, P, L), gaps (B, K) int32, kept_valid (B, K))`.
 
     K is the largest kept count of the batch; kept frames move to the front in time order, padding slots
     are zero. `gaps[:, 0]` = index of the first kept frame, `gaps[:, i]` = distance from kept frame i-1.
@@ -89,7 +90,7 @@ def _pack(latent: jax.Array, keep: jax.Array, num_kept: int):
 def place_kept(
     kept: jax.Array, gaps: jax.Array, kept_valid: jax.Array, num_frames: int, fill_token: jax.Array
 ) -> jax.Array:
-    """-> `(B, num_frames, hw, L)` in `kept`'s dtype: `fill_token` everywhere, kept frames at cumsum(gaps)."""
+    """-> `(B, num_frames, P, L)` in `kept`'s dtype: `fill_token` everywhere, kept frames at cumsum(gaps)."""
     return _place(
         kept, jnp.asarray(gaps), jnp.asarray(kept_valid, bool), int(num_frames), jnp.asarray(fill_token)
     )

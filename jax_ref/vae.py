@@ -1,4 +1,9 @@
-"""The video VAE: encoder, decoder, and the frame-dropping compression around them (MODEL_SPEC 3, 4)."""
+"""The video VAE: encoder, decoder, and the frame-dropping compression around them (MODEL_SPEC 3, 4).
+
+Shapes use the one legend of docs/ARCHITECTURE.md: B batch, T frames, H/W pixels, C colour channels,
+P patches per frame, D patch dim, L latent channels. A frame mask is `(B,T)` bool or, as the original
+port's Encoder/Decoder/VideoVAE take it, `(B,1,1,T)`.
+"""
 
 from __future__ import annotations
 
@@ -16,27 +21,32 @@ from jax_ref.unet import UNet
 
 
 def _blocks(cfg: VAEConfig, depth: int, kw: dict):
-    return module_list(
-        FactoredAttention(
-            cfg.patch_dim,
-            cfg.num_heads,
-            cfg.qkv_features,
-            cfg.mlp_dim,
-            cfg.max_temporal_len,
-            cfg.num_patches,
-            **kw,
+    return module_list(FactoredAttention(**cfg.block_kwargs(), **kw) for _ in range(depth))
+
+
+def frame_mask(mask: jax.Array, batch: int, frames: int) -> jax.Array:
+    """The frame mask as `(B,T)` bool (True = a real frame). Given as `(B,T)`, or as `(B,1,1,T)`, the
+    key-mask layout the original port's Encoder, Decoder and VideoVAE take (MODEL_SPEC section 2); both
+    forms mean the same. Any other shape is a `ValueError` that names both accepted ones."""
+    mask = jnp.asarray(mask)
+    shape = tuple(mask.shape)
+    if len(shape) == 4 and shape[1:3] == (1, 1):
+        mask = mask[:, 0, 0, :]
+    if tuple(mask.shape) != (batch, frames):
+        raise ValueError(
+            f"mask must be (B, T) = ({batch}, {frames}) or (B, 1, 1, T) = ({batch}, 1, 1, {frames}), "
+            f"got {shape}"
         )
-        for _ in range(depth)
-    )
+    return mask.astype(bool)
 
 
-def _key_mask(mask: jax.Array) -> jax.Array:
-    """`(B, T)` -> `(B, 1, 1, T)` bool, the key mask of the temporal attention."""
-    return jnp.asarray(mask, bool)[:, None, None, :]
+def _key_mask(mask: jax.Array, batch: int, frames: int) -> jax.Array:
+    """Either mask form -> `(B, 1, 1, T)` bool, the key mask of the temporal attention."""
+    return frame_mask(mask, batch, frames)[:, None, None, :]
 
 
 class Encoder(nnx.Module):
-    """`video (B,T,H,W,C), mask (B,T) bool -> (mean (B,T,hw,L), variance (B,T,hw,L), selection (B,T,1))`."""
+    """`video (B,T,H,W,C), mask (B,T) or (B,1,1,T) bool -> (mean, variance (B,T,P,L), selection (B,T,1))`."""
 
     def __init__(
         self,
@@ -60,7 +70,7 @@ class Encoder(nnx.Module):
 
     def __call__(self, video: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         x = self.patch_embedding(video)
-        key_mask = _key_mask(mask)
+        key_mask = _key_mask(mask, *video.shape[:2])
         for layer in self.layers:
             x = layer(x, key_mask)
         mean = self.spatial_compression(x)
@@ -71,7 +81,7 @@ class Encoder(nnx.Module):
 
 
 class Decoder(nnx.Module):
-    """`latent (B, T, hw, L), mask (B, T) bool -> video (B, T, H, W, C)`."""
+    """`latent (B,T,P,L), mask (B,T) or (B,1,1,T) bool -> video (B,T,H,W,C)`."""
 
     def __init__(
         self,
@@ -103,7 +113,7 @@ class Decoder(nnx.Module):
 
     def __call__(self, latent: jax.Array, mask: jax.Array) -> jax.Array:
         x = self.spatial_decompression(latent)
-        key_mask = _key_mask(mask)
+        key_mask = _key_mask(mask, *latent.shape[:2])
         for layer in self.layers:
             x = layer(x, key_mask)
         features, video = self.patch_unembedding(x)
@@ -114,12 +124,12 @@ class Decoder(nnx.Module):
 # compiles every primitive separately: slower on a CPU than the whole graph). Encoder and Decoder
 # themselves stay eager, layer by layer, for the parity suite. Both compose with jax.grad and jax.jit.
 @nnx.jit
-def _encode(encoder: Encoder, video: jax.Array, mask: jax.Array):
+def jitted_encode(encoder: Encoder, video: jax.Array, mask: jax.Array):
     return encoder(video, mask)
 
 
 @nnx.jit
-def _decode(decoder: Decoder, latent: jax.Array, mask: jax.Array):
+def jitted_decode(decoder: Decoder, latent: jax.Array, mask: jax.Array):
     return decoder(latent, mask)
 
 
@@ -153,11 +163,11 @@ class VideoVAE(nnx.Module):
         """Training forward (reference only): reparameterised latent, Bernoulli frame dropping.
 
         Returns a dict: `reconstruction (B,T,H,W,C)`, `mean`, `variance`, `latent` (the sampled one, before
-        dropping; all `(B,T,hw,L)`), `selection (B,T,1)` keep probabilities, `keep (B,T,1)` hard 0/1 with a
+        dropping; all `(B,T,P,L)`), `selection (B,T,1)` keep probabilities, `keep (B,T,1)` hard 0/1 with a
         straight-through gradient to `selection`.
         """
         latent_key, keep_key = jax.random.split(key)
-        mean, variance, selection = _encode(self.encoder, video, mask)
+        mean, variance, selection = jitted_encode(self.encoder, video, mask)
         # drawn flat: XLA:CPU compiles a 4-D threefry draw many times slower than a 1-D one
         noise = (
             jax.random.normal(latent_key, (mean.size,), jnp.float32).reshape(mean.shape).astype(mean.dtype)
@@ -166,10 +176,10 @@ class VideoVAE(nnx.Module):
         # Bernoulli(p) == round(sigmoid(logit(p) + logistic noise))
         keep = GumbelSigmoidSTE()(_logit(selection), key=keep_key)
         fill = get_value(self.fill_token).astype(latent.dtype)
-        kept = keep[..., None].astype(latent.dtype)  # (B, T, 1, 1) against (B, T, hw, L)
+        kept = keep[..., None].astype(latent.dtype)  # (B, T, 1, 1) against (B, T, P, L)
         dropped_latent = kept * latent + (1 - kept) * fill
         return {
-            "reconstruction": _decode(self.decoder, dropped_latent, mask),
+            "reconstruction": jitted_decode(self.decoder, dropped_latent, mask),
             "mean": mean,
             "variance": variance,
             "latent": latent,
@@ -188,12 +198,12 @@ class VideoVAE(nnx.Module):
     ) -> Compressed:
         """`video (B, T, H, W, C)` -> the kept mean latents and their gaps (deterministic: no latent noise).
 
-        `mask (B, T)` bool marks real frames (None: all); `mode` threshold / bernoulli (with `noise`) / topk
-        (with `k`), see `select_frames`.
+        `mask (B, T)` or `(B, 1, 1, T)` bool marks real frames (None: all); `mode` threshold / bernoulli
+        (with `noise`) / topk (with `k`), see `select_frames`.
         """
         b, t = video.shape[:2]
-        mask = jnp.ones((b, t), bool) if mask is None else jnp.asarray(mask, bool)
-        mean, _, selection = _encode(self.encoder, video, mask)
+        mask = jnp.ones((b, t), bool) if mask is None else frame_mask(mask, b, t)
+        mean, _, selection = jitted_encode(self.encoder, video, mask)
         keep = select_frames(selection[..., 0], mask, mode, k=k, noise=noise)
         kept, gaps, kept_valid = pack_kept(mean, keep)
         return Compressed(kept, gaps, kept_valid, t)
@@ -202,4 +212,4 @@ class VideoVAE(nnx.Module):
         """-> video `(B, num_frames, H, W, C)`; every slot is decoded (all-True mask)."""
         kept, gaps, kept_valid, num_frames = compressed
         latent = place_kept(kept, gaps, kept_valid, int(num_frames), get_value(self.fill_token))
-        return _decode(self.decoder, latent, jnp.ones(latent.shape[:2], bool))
+        return jitted_decode(self.decoder, latent, jnp.ones(latent.shape[:2], bool))

@@ -26,20 +26,15 @@ class RealPair:
 
 def read_orbax_model(path: str | os.PathLike) -> tuple[str, Any, dict[str, np.ndarray]]:
     """(model type, config, flax leaves as fp32 numpy) of the model in an Orbax checkpoint."""
-    from convert.infer import detect_model_type, infer_config
-    from convert.orbax_io import ArrayStore, find_model_subtree, read_tree_paths, resolve_checkpoint
+    from common.infer import detect_model_type, infer_config
+    from convert.orbax_io import read_model_arrays
 
-    step_dir = resolve_checkpoint(path).step_dir
-    subtree = find_model_subtree(read_tree_paths(step_dir))
-    store = ArrayStore(step_dir)
-    names = sorted(subtree.leaves)
-    infos = store.infos([subtree.leaves[n] for n in names])
-    model_type = detect_model_type(names)
+    arrays = read_model_arrays(path)
+    model_type = detect_model_type(arrays)
     if model_type is None:
         raise ValueError(f"{path}: the checkpoint holds neither a VideoVAE nor a VideoDiT")
-    config = infer_config(model_type, {n: i.shape for n, i in zip(names, infos)}).config
-    arrays = store.read(infos)
-    flat = {n: np.asarray(arrays[i.key], dtype=np.float32) for n, i in zip(names, infos)}
+    config = infer_config(model_type, {n: a.shape for n, a in arrays.items()}).config
+    flat = {n: np.asarray(a, dtype=np.float32) for n, a in arrays.items()}
     return model_type, config, flat
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.config import DiTConfig, VAEConfig
-from convert.tables import DIT_TABLE, VAE_TABLE, Table
+from common.tables import DIT_TABLE, VAE_TABLE, Table
 
 # torch_impl's UNet runs its convolutions on (B, C, T, H, W); its own input and output are channels last.
 VAE_CHANNELS_FIRST = ("*unet.*",)
@@ -64,38 +64,24 @@ def dit_subject(cfg: DiTConfig) -> Subject:
     return Subject("dit", cfg, DIT_TABLE, "", build_jax, build_torch)
 
 
-def _block_args(cfg: VAEConfig | DiTConfig) -> tuple[int, ...]:
-    """FactoredAttention(in_features, num_heads, qkv_features, mlp_dim, max_temporal_len, max_spatial_len)."""
-    if isinstance(cfg, VAEConfig):
-        return (
-            cfg.patch_dim,
-            cfg.num_heads,
-            cfg.qkv_features,
-            cfg.mlp_dim,
-            cfg.max_temporal_len,
-            cfg.num_patches,
-        )
-    return (cfg.residual_dim, cfg.num_heads, cfg.qkv_features, cfg.mlp_dim, cfg.max_temporal_len, cfg.hw)
-
-
 def block_subject(cfg: VAEConfig | DiTConfig) -> Subject:
     """One FactoredAttention block at the width of `cfg`, converted as the model's first block."""
-    args = _block_args(cfg)
+    kwargs = cfg.block_kwargs()
     is_vae = isinstance(cfg, VAEConfig)
 
     def build_jax(dtype, numerics):
         import jax_ref
 
-        return jax_ref.FactoredAttention(*args, **_jax_kwargs(dtype, numerics))
+        return jax_ref.FactoredAttention(**kwargs, **_jax_kwargs(dtype, numerics))
 
     def build_torch():
         import torch_impl
 
-        return torch_impl.FactoredAttention(*args)
+        return torch_impl.FactoredAttention(**kwargs)
 
     table, prefix = (VAE_TABLE, "encoder.layers.0.") if is_vae else (DIT_TABLE, "layers.0.")
     return Subject(f"{'vae' if is_vae else 'dit'}-block", cfg, table, prefix, build_jax, build_torch)
 
 
 def block_width(cfg: VAEConfig | DiTConfig) -> int:
-    return _block_args(cfg)[0]
+    return cfg.block_kwargs()["in_features"]

@@ -15,7 +15,8 @@ import numpy as np
 
 from common.precision import NormNumerics, Precision
 from common.rope import rope_tables
-from convert.tables import ROPE_LEAVES, Table, flax_to_torch
+from common.tables import ROPE_LEAVES, Table
+from convert.tables import flax_to_torch
 
 JaxBuilder = Callable[..., object]  # (dtype, numerics) -> nnx.Module
 TorchBuilder = Callable[[], object]  # () -> torch.nn.Module

@@ -122,7 +122,7 @@ def test_top_k_keeps_the_k_most_probable_frames_of_each_clip_in_time_order(files
 
 def test_bernoulli_draws_depend_on_the_seed_and_clip_not_on_how_clips_are_batched(files):
     import torch_impl
-    from torch_impl.codec import compress_video
+    from dfc.codec import compress_video
 
     vae = torch_impl.load_vae(files["weights"])
     runs = [
@@ -284,3 +284,81 @@ def test_any_damaged_or_truncated_file_fails_cleanly(long_compressed, files, tmp
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1 and err.startswith("dfc decompress: error: ")
     assert not target.exists()
+
+
+# --- the route: each step once, in one direction --------------------------------------------------------
+
+_ROUTE = {
+    "dfc.video": ("read_video", "split_clips", "fit_to_model", "restore_frames", "write_video"),
+    "dfc.container": ("read_container", "write_container"),
+    "dfc.codec": ("decode_clips",),
+    "torch_impl.loading": ("locate_weights",),
+}
+
+
+@pytest.fixture
+def steps(monkeypatch):
+    """The route's steps as they are called, wherever a module holds them (`from x import f` copies too)."""
+    import importlib
+    import sys
+
+    import dfc.cli  # noqa: F401  (the modules a command binds, loaded before they are wrapped)
+    import dfc.codec  # noqa: F401
+
+    calls: list[str] = []
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    for module_name, names in _ROUTE.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            original = getattr(module, name)
+            wrapped = counted(name, original)
+            for holder in list(sys.modules.values()):
+                if getattr(holder, "__name__", "").startswith(("dfc", "torch_impl")):
+                    if getattr(holder, name, None) is original:
+                        monkeypatch.setattr(holder, name, wrapped)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return calls
+
+
+def test_compress_reads_splits_fits_and_locates_the_weights_once_each(files, steps, tmp_path, capsys):
+    from dfc.cli import main
+
+    out = tmp_path / "long.dfc"
+    # u8 latents are measured against the fitted input: the frames fitted once serve both
+    argv = [
+        "compress",
+        str(files["long"]),
+        str(out),
+        "--weights",
+        str(files["weights"]),
+        "--clip-frames",
+        "16",
+    ]
+    assert main([*argv, "--latent-dtype", "u8", "--quiet"]) == 0, capsys.readouterr().err
+    route = [step for step in steps if step != "decode_clips"]  # the measurement decodes, per dtype
+    assert route == ["read_video", "locate_weights", "split_clips", "fit_to_model", "write_container"]
+
+
+def test_decompress_reads_decodes_restores_and_writes_once_each(
+    long_compressed, files, steps, tmp_path, capsys
+):
+    from dfc.cli import main
+
+    path, _ = long_compressed
+    argv = [
+        "decompress",
+        str(path),
+        str(tmp_path / "back.mp4"),
+        "--weights",
+        str(files["weights"]),
+        "--quiet",
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert steps == ["read_container", "locate_weights", "decode_clips", "restore_frames", "write_video"]

@@ -71,7 +71,7 @@ def test_generate_will_not_replace_an_existing_video_unless_asked(weights, tmp_p
 
 def test_a_seed_generates_the_same_video_whatever_else_is_in_the_batch(weights):
     import torch_impl
-    from torch_impl.codec import generate
+    from dfc.codec import generate
 
     vae, dit = torch_impl.load_vae(weights / "vae"), torch_impl.load_dit(weights / "dit")
     alone = generate(dit, vae, num_latent_frames=4, steps=2, seeds=[11])[0]
@@ -81,7 +81,7 @@ def test_a_seed_generates_the_same_video_whatever_else_is_in_the_batch(weights):
 
 
 def test_positions_longer_than_the_vae_decodes_are_squeezed_and_stay_distinct():
-    from torch_impl.codec import squeeze_positions
+    from dfc.codec import squeeze_positions
 
     squeezed = squeeze_positions(np.array([0, 30, 31, 70, 100]), 64)
     assert squeezed[-1] == 63 and np.all(np.diff(squeezed) >= 1) and squeezed[0] == 0

@@ -23,18 +23,15 @@ from dfc.container import (
     ContainerError,
     KeepSettings,
     ModelInfo,
-    bf16_bits_to_float32,
     decode_container,
     encode_container,
-    float32_to_bf16_bits,
-    quantization_effect,
     read_container,
-    size_report,
-    stored_values,
     weights_fingerprint,
     write_container,
 )
+from dfc.container_report import quantization_effect, size_report
 from dfc.errors import UserError
+from dfc.latent_values import bf16_bits_to_float32, float32_to_bf16_bits, stored_values
 from dfc.video import crop_box, split_clips
 
 WEIGHTS = "sha256:0123456789abcdef"

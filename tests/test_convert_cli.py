@@ -9,7 +9,7 @@ import pytest
 from common.config import PRESETS
 from dfc.cli import main
 from dfc.commands.convert import parse_size
-from tests.checkpoints import random_model, write_training_checkpoint
+from jax_ref.checkpoints import random_model, write_training_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from common.config import PRESETS
-from convert.pipeline import Options, convert
-from tests.checkpoints import random_model, write_training_checkpoint
+from convert.options import Options
+from dfc.convert_checks import convert
+from jax_ref.checkpoints import random_model, write_training_checkpoint
 
 pytest.importorskip("jax_ref")
 pytest.importorskip("torch_impl")
@@ -42,18 +43,19 @@ def test_forward_of_the_converted_weights_matches_jax_ref_on_the_checkpoint(tmp_
 
 def test_a_wrong_layout_is_caught_by_the_forward_check(tmp_path, monkeypatch):
     """The check has teeth: transposing a square kernel the wrong way keeps every shape and fails it."""
-    from convert.layout import Kind
+    from common.kinds import Kind
+    from convert import layout
 
     config = PRESETS["dit-tiny"]
     ck = write_training_checkpoint(tmp_path / "ck", _jax_ref_weights(config, seed=6), "model-only")
-    real = Kind.to_torch
+    real = layout.to_torch
 
     def forgets_to_transpose_square_kernels(kind, array):
         if kind is Kind.LINEAR and array.shape[0] == array.shape[1]:
             return array
         return real(kind, array)
 
-    monkeypatch.setattr(Kind, "to_torch", forgets_to_transpose_square_kernels)
+    monkeypatch.setattr(layout, "to_torch", forgets_to_transpose_square_kernels)
     with pytest.raises(Exception, match="forward check failed"):
         convert(ck, tmp_path / "st", Options(verify_forward=True))
     assert not (tmp_path / "st").exists()

@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.config import PRESETS, DiTConfig, VAEConfig
-from convert.infer import ConfigMismatch, check_config, detect_model_type, flax_shapes, infer_config
-from convert.tables import TABLES, torch_shapes
-from tests.checkpoints import flax_leaf_shapes
+from common.infer import ConfigMismatch, check_config, detect_model_type, flax_shapes, infer_config
+from common.tables import TABLES
+from convert.tables import torch_shapes
+from jax_ref.checkpoints import flax_leaf_shapes
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

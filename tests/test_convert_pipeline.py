@@ -14,12 +14,16 @@ import numpy as np
 import pytest
 
 from common.config import PRESETS, config_to_json
-from convert import pipeline
-from convert.orbax_io import ArrayStore, find_model_subtree, read_tree_paths
-from convert.pipeline import ConvertError, Options, bf16_bits_nearest_even, convert
+from common.tables import ROPE_DROP_REASON, TABLES
+from convert import bits
+from convert.bits import bf16_bits_nearest_even
+from convert.checks import ROPE_TOLERANCE
+from convert.options import ConvertError, Options
+from convert.orbax_io import read_model_arrays
 from convert.safetensors_io import INDEX_FILE, SafetensorsReader
-from convert.tables import ROPE_DROP_REASON, TABLES, flax_to_torch
-from tests.checkpoints import (
+from convert.tables import flax_to_torch
+from dfc.convert_checks import convert
+from jax_ref.checkpoints import (
     is_rope_cache,
     random_model,
     save_orbax,
@@ -51,15 +55,6 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8))
 
 
-def _read_orbax_model(path) -> dict[str, np.ndarray]:
-    subtree = find_model_subtree(read_tree_paths(path))
-    store = ArrayStore(path)
-    names = sorted(subtree.leaves)
-    infos = store.infos([subtree.leaves[n] for n in names])
-    arrays = store.read(infos)
-    return {n: arrays[i.key] for n, i in zip(names, infos)}
-
-
 def _leftovers(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".dfc-tmp" in p.name or ".dfc-old" in p.name)
 
@@ -85,11 +80,11 @@ def test_orbax_to_safetensors_to_orbax_is_bit_exact(tmp_path, checkpoints, vae_m
 
     back = convert(tmp_path / "st", tmp_path / "back")
     assert back.destination_format == "orbax" and back.verified
-    restored = _read_orbax_model(tmp_path / "back")
+    restored = read_model_arrays(tmp_path / "back")
     assert set(restored) == set(vae_model)
     for name, value in vae_model.items():
         if is_rope_cache(name):  # regenerated from the configuration: within the tolerance, not copied
-            assert np.max(np.abs(restored[name] - value)) <= pipeline.ROPE_TOLERANCE
+            assert np.max(np.abs(restored[name] - value)) <= ROPE_TOLERANCE
         else:
             assert _same_bits(restored[name], value), name
 
@@ -130,8 +125,8 @@ def test_bfloat16_rounds_once_to_nearest_even(tmp_path, checkpoints, vae_model):
     for key, value in expected.items():
         assert _same_bits(reader.tensor(key), value.astype(BF16)), key
     # and back: bf16 kept as is, or widened exactly
-    back = _read_orbax_model(convert(tmp_path / "st", tmp_path / "back").destination)
-    wide = _read_orbax_model(
+    back = read_model_arrays(convert(tmp_path / "st", tmp_path / "back").destination)
+    wide = read_model_arrays(
         convert(tmp_path / "st", tmp_path / "wide", Options(dtype="float32")).destination
     )
     name = "decoder.unet.decoders.0.upsample.kernel"
@@ -354,7 +349,7 @@ def test_interrupt_leaves_nothing(tmp_path, checkpoints, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "_matches_source", interrupted)
+    monkeypatch.setattr(bits, "matches_source", interrupted)
     with pytest.raises(KeyboardInterrupt):
         convert(checkpoints["flax-0.10"], tmp_path / "out")
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
@@ -372,6 +367,36 @@ def test_verification_catches_a_file_that_differs(tmp_path, checkpoints, monkeyp
 
     monkeypatch.setattr(safetensors_io.ShardedWriter, "re_read", flipped)
     _fails(tmp_path, checkpoints["model-only"], "does not match the source")
+
+
+def test_the_pipeline_starts_a_given_shape_check_before_writing_and_holds_the_output_to_it(
+    tmp_path, checkpoints
+):
+    """`convert` itself knows no implementation: the caller's check starts as soon as the configuration
+    is known (before any tensor is written, so that its imports overlap the conversion), and a wrong
+    answer stops the conversion with nothing written."""
+    from convert.checks import Answered, Checks
+    from convert.pipeline import convert as bare_convert
+
+    written, started = [0], []
+
+    def progress(total):
+        return lambda n: written.__setitem__(0, written[0] + n)
+
+    def start_shapes(config):
+        started.append((config, written[0]))
+        return Answered({"ok": True, "shapes": {"up_proj.weight": [1, 2]}})
+
+    with pytest.raises(ConvertError, match="strict check against the implementation"):
+        bare_convert(
+            checkpoints["model-only"], tmp_path / "out", progress=progress, checks=Checks(start_shapes)
+        )
+    assert [(config.model_type, before) for config, before in started] == [("vae", 0)] and written[0] > 0
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+    report = bare_convert(checkpoints["model-only"], tmp_path / "plain")  # no checks given: said so
+    shape_check = next(c for c in report.checks if "keys and shapes" in c.name)
+    assert shape_check.ok is None and "no implementation" in shape_check.detail
 
 
 def test_torch_check_is_computed_in_a_child_then_cached(tmp_path, checkpoints, monkeypatch):

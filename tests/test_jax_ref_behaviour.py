@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -246,6 +248,39 @@ def test_training_forward_drops_frames_to_the_fill_token(tiny_vae):
     assert out["selection"].shape == out["keep"].shape == (2, 5, 1)
     assert set(np.unique(np.asarray(out["keep"]))) <= {0.0, 1.0}
     assert bool((out["variance"] > 0).all())
+
+
+def test_vae_takes_the_original_ports_key_mask_layout_too(tiny_vae):
+    """Callers of the original port pass the mask as (B,1,1,T): the same outputs as (B,T)."""
+    cfg = tiny_vae.config
+    video = _video(2, 5, cfg)
+    mask = jnp.array([[True] * 5, [True, True, True, False, False]])
+    key_mask = mask[:, None, None, :]
+    encoded = tiny_vae.encoder(video, mask)
+    for got, want in zip(tiny_vae.encoder(video, key_mask), encoded):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    unmasked = tiny_vae.encoder(video, jnp.ones((2, 5), bool))[0]
+    assert not np.array_equal(np.asarray(unmasked[1]), np.asarray(encoded[0][1]))  # the mask is used
+    decoded = tiny_vae.decoder(encoded[0], mask)
+    np.testing.assert_array_equal(np.asarray(tiny_vae.decoder(encoded[0], key_mask)), np.asarray(decoded))
+    forward = [tiny_vae(video, m, key=jax.random.key(3)) for m in (mask, key_mask)]
+    for name in forward[0]:
+        np.testing.assert_array_equal(
+            np.asarray(forward[1][name]), np.asarray(forward[0][name]), err_msg=name
+        )
+    packed = [tiny_vae.compress(video, m, mode="topk", k=2) for m in (mask, key_mask)]
+    np.testing.assert_array_equal(np.asarray(packed[1].gaps), np.asarray(packed[0].gaps))
+    np.testing.assert_array_equal(np.asarray(packed[1].kept), np.asarray(packed[0].kept))
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 5), (2, 1, 1, 4), (1, 5), (2, 5, 1)])
+def test_a_mask_of_another_shape_is_a_clear_error(tiny_vae, shape):
+    video = _video(2, 5, tiny_vae.config)
+    expected = r"mask must be \(B, T\) = \(2, 5\) or \(B, 1, 1, T\) = \(2, 1, 1, 5\), got " + re.escape(
+        str(shape)
+    )
+    with pytest.raises(ValueError, match=expected):
+        tiny_vae.encoder(video, jnp.ones(shape, bool))
 
 
 def test_dit_sampling_keeps_a_float32_state_and_returns_gaps_per_frame():

@@ -15,7 +15,8 @@ import pytest
 from flax import nnx
 
 from common.config import PRESETS, VAEConfig
-from convert.tables import DIT_TABLE, VAE_TABLE, torch_shapes
+from common.tables import DIT_TABLE, VAE_TABLE
+from convert.tables import torch_shapes
 from jax_ref import VideoDiT, VideoVAE, abstract_model, load_flat, randomize, state_to_flat, variables
 from jax_ref.compat import get_value
 

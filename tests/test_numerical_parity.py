@@ -21,7 +21,8 @@ from flax import nnx
 import jax_ref
 import torch_impl
 from common import load_config
-from convert.tables import TABLES, flax_to_torch
+from common.tables import TABLES
+from convert.tables import flax_to_torch
 from jax_ref.params import randomize, state_to_flat
 from parity.tolerance import FP32_REL_MAX
 
@@ -72,10 +73,13 @@ class Case:
     channels_first: bool = False
 
 
-def _blocks(cfg, prefix_layer: str, table: str, temporal_len: int, spatial_len: int, dim: int):
+def _blocks(cfg, prefix_layer: str, table: str):
+    fa_kwargs = cfg.block_kwargs()
+    dim, temporal_len, spatial_len = (
+        fa_kwargs[k] for k in ("in_features", "max_temporal_len", "max_spatial_len")
+    )
     heads, qkv, mlp, hd = cfg.num_heads, cfg.qkv_features, cfg.mlp_dim, cfg.head_dim
     mask = frames_mask(2, 4)
-    fa_args = (dim, heads, qkv, mlp, temporal_len, spatial_len)
     return [
         Case(
             f"{table}/ROPE",
@@ -111,8 +115,8 @@ def _blocks(cfg, prefix_layer: str, table: str, temporal_len: int, spatial_len: 
         ),
         Case(
             f"{table}/FactoredAttention",
-            lambda: jax_ref.FactoredAttention(*fa_args, rngs=nnx.Rngs(0), **FP32),
-            lambda: torch_impl.FactoredAttention(*fa_args),
+            lambda: jax_ref.FactoredAttention(**fa_kwargs, rngs=nnx.Rngs(0), **FP32),
+            lambda: torch_impl.FactoredAttention(**fa_kwargs),
             lambda: (randn(2, 4, spatial_len, dim), mask[:, None, None, :]),
             table,
             prefix_layer,
@@ -218,8 +222,8 @@ def _model_cases():
 
 
 CASES = [
-    *_blocks(VAE, "encoder.layers.0.", "vae", VAE.max_temporal_len, VAE.num_patches, VAE.patch_dim),
-    *_blocks(DIT, "layers.0.", "dit", DIT.max_temporal_len, DIT.hw, DIT.residual_dim),
+    *_blocks(VAE, "encoder.layers.0.", "vae"),
+    *_blocks(DIT, "layers.0.", "dit"),
     *_unet_cases(),
     *_model_cases(),
 ]
@@ -268,17 +272,15 @@ def test_randomised_weights_include_the_zero_initialised_layers():
 
 
 @pytest.mark.parametrize(
-    "table, cfg, dim",
-    [("vae", PUBLISHED_VAE, PUBLISHED_VAE.patch_dim), ("dit", PUBLISHED_DIT, PUBLISHED_DIT.residual_dim)],
-    ids=["vae-256", "dit-256"],
+    "table, cfg", [("vae", PUBLISHED_VAE), ("dit", PUBLISHED_DIT)], ids=["vae-256", "dit-256"]
 )
-def test_one_factored_attention_block_at_published_width(table, cfg, dim):
+def test_one_factored_attention_block_at_published_width(table, cfg):
     """head_dim, the RoPE lengths and a 256-token spatial sequence at their real sizes."""
-    spatial = cfg.num_patches if table == "vae" else cfg.hw
-    args = (dim, cfg.num_heads, cfg.qkv_features, cfg.mlp_dim, cfg.max_temporal_len, spatial)
+    kwargs = cfg.block_kwargs()
+    dim, spatial = kwargs["in_features"], kwargs["max_spatial_len"]
     prefix = "encoder.layers.0." if table == "vae" else "layers.0."
-    jm = jax_ref.FactoredAttention(*args, rngs=nnx.Rngs(0), **FP32)
-    tm = torch_impl.FactoredAttention(*args)
+    jm = jax_ref.FactoredAttention(**kwargs, rngs=nnx.Rngs(0), **FP32)
+    tm = torch_impl.FactoredAttention(**kwargs)
     port_weights(jm, tm, table, prefix)
     x, mask = randn(2, 3, spatial, dim), frames_mask(2, 3)[:, None, None, :]
     j = jm(jnp.asarray(x), jnp.asarray(mask))

@@ -238,9 +238,9 @@ def test_dfc_parity_writes_a_report_and_exits_zero_when_every_layer_passes(tmp_p
 
 
 def test_dfc_parity_checks_a_real_converted_pair_and_fails_on_the_wrong_weights(tmp_path, capsys):
-    from convert.pipeline import convert
     from dfc.cli import main
-    from tests.checkpoints import random_model, write_training_checkpoint
+    from dfc.convert_checks import convert
+    from jax_ref.checkpoints import random_model, write_training_checkpoint
 
     cfg = PRESETS["dit-tiny"]
     checkpoint = write_training_checkpoint(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -259,6 +260,36 @@ def test_keeping_every_frame_decodes_the_mean(tiny_vae):
         mean, _, _ = tiny_vae.encoder(video, None)
         want = tiny_vae.decoder(mean, None)
     torch.testing.assert_close(tiny_vae.decompress(compressed), want)
+
+
+def test_vae_takes_the_original_ports_key_mask_layout_too(tiny_vae):
+    """Callers of the original port pass the mask as (B,1,1,T): the same outputs as (B,T)."""
+    video = torch.rand(2, 5, 32, 32, 3)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    key_mask = mask[:, None, None, :]
+    with torch.inference_mode():
+        encoded = tiny_vae.encoder(video, mask)
+        for got, want in zip(tiny_vae.encoder(video, key_mask), encoded):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        assert not torch.equal(tiny_vae.encoder(video, None)[0][1], encoded[0][1])  # the mask is used
+        decoded = tiny_vae.decoder(encoded[0], mask)
+        torch.testing.assert_close(tiny_vae.decoder(encoded[0], key_mask), decoded, rtol=0, atol=0)
+        forward = [tiny_vae(video, m, generator=torch.Generator().manual_seed(0)) for m in (mask, key_mask)]
+        for got, want in zip(*forward):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    packed = [tiny_vae.compress(video, m, mode="topk", k=2) for m in (mask, key_mask)]
+    assert packed[0].gaps.tolist() == packed[1].gaps.tolist()
+    torch.testing.assert_close(packed[1].kept, packed[0].kept, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 5), (2, 1, 1, 4), (1, 5), (2, 5, 1)])
+def test_a_mask_of_another_shape_is_a_clear_error(tiny_vae, shape):
+    video = torch.rand(2, 5, 32, 32, 3)
+    expected = r"mask must be \(B, T\) = \(2, 5\) or \(B, 1, 1, T\) = \(2, 1, 1, 5\), got " + re.escape(
+        str(shape)
+    )
+    with torch.inference_mode(), pytest.raises(ValueError, match=expected):
+        tiny_vae.encoder(video, torch.ones(shape, dtype=torch.bool))
 
 
 def test_vae_training_forward():

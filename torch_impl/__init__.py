@@ -1,24 +1,12 @@
 """PyTorch implementation of the VideoVAE and VideoDiT; state-dict keys are the published file's names.
 
 Channels last at every public surface: a video is `(B, T, H, W, C)`, a latent `(B, T, hw, L)`.
-Importing this package needs torch, einops and numpy; never jax.
+Importing this package needs torch, einops and numpy; never jax, never `dfc` or `convert`.
+Shape letters as in docs/ARCHITECTURE.md (B batch, T frames, P patches per frame, ...).
 
-Whole videos: `compress_video` / `decompress_video` (files or frames <-> `dfc.container.CompressedVideo`,
-saved with `dfc.container.write_container`) and `generate` (DiT samples decoded by the VAE), from
-`torch_impl.codec`; `dfc compress`, `dfc decompress` and `dfc generate` are these calls.
+Whole videos (files in, `.dfc` files out, generated videos) are the command line's job: `dfc.codec`.
 """
 
-from torch_impl.codec import (
-    Decompressed,
-    GeneratedVideo,
-    check_model_fits,
-    check_pair,
-    compress_frames,
-    compress_video,
-    decode_clips,
-    decompress_video,
-    generate,
-)
 from torch_impl.dit import VideoDiT
 from torch_impl.layers import (
     MLP,
@@ -32,14 +20,18 @@ from torch_impl.layers import (
 )
 from torch_impl.loading import (
     DEFAULT_REPO,
+    WeightFiles,
     WeightsError,
     WeightsNotFoundError,
     check_state_shapes,
     expected_state_shapes,
+    file_identity,
     infer_dit_config,
     infer_vae_config,
     load_dit,
     load_vae,
+    locate_weights,
+    weights_identity,
 )
 from torch_impl.norms import GroupNorm, LayerNorm
 from torch_impl.precision import apply_precision
@@ -58,11 +50,9 @@ __all__ = [
     "ConvTranspose3d",
     "ConvBlock3D",
     "Decoder",
-    "Decompressed",
     "DownBlock3D",
     "Encoder",
     "FactoredAttention",
-    "GeneratedVideo",
     "GroupNorm",
     "GumbelSigmoidSTE",
     "LayerNorm",
@@ -74,25 +64,22 @@ __all__ = [
     "VAEOutput",
     "VideoDiT",
     "VideoVAE",
+    "WeightFiles",
     "WeightsError",
     "WeightsNotFoundError",
     "apply_precision",
-    "check_model_fits",
-    "check_pair",
     "check_state_shapes",
-    "compress_frames",
-    "compress_video",
-    "decode_clips",
-    "decompress_video",
     "expected_state_shapes",
+    "file_identity",
     "gaps_to_positions",
-    "generate",
     "infer_dit_config",
     "infer_vae_config",
     "load_dit",
     "load_vae",
+    "locate_weights",
     "pack_kept",
     "place_kept",
     "sample",
     "select_frames",
+    "weights_identity",
 ]

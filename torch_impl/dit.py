@@ -1,6 +1,6 @@
 """VideoDiT: flow-matching transformer over latent frames that also predicts frame spacing (MODEL_SPEC 5).
 
-Shape letters: B batch, T latent frames, P patches per frame (hw), L latent channels, R residual_dim.
+Shapes use the one legend of docs/ARCHITECTURE.md (here T counts latent frames, D is residual_dim).
 """
 
 from __future__ import annotations
@@ -27,12 +27,7 @@ class VideoDiT(nn.Module):
         # Zero-initialised: the model starts out ignoring the time.
         nn.init.zeros_(self.timestep_proj.weight)
         self.up_proj = linear(cfg.compressed_channel_dim, cfg.residual_dim)
-        self.layers = nn.ModuleList(
-            FactoredAttention(
-                cfg.residual_dim, cfg.num_heads, cfg.qkv_features, cfg.mlp_dim, cfg.max_temporal_len, cfg.hw
-            )
-            for _ in range(cfg.depth)
-        )
+        self.layers = nn.ModuleList(FactoredAttention(**cfg.block_kwargs()) for _ in range(cfg.depth))
         self.down_proj = linear(cfg.residual_dim, cfg.compressed_channel_dim)
         self.spacing_pred1 = linear(cfg.residual_dim, 1)
         self.spacing_pred2 = linear(cfg.hw, 1)
@@ -46,7 +41,7 @@ class VideoDiT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = self.compute_dtype
         time = time.to(dtype).reshape(-1, 1)
-        x = self.up_proj(latent.to(dtype)) + self.timestep_proj(time)[:, None, None, :]  # (B,T,P,R)
+        x = self.up_proj(latent.to(dtype)) + self.timestep_proj(time)[:, None, None, :]  # (B,T,P,D)
         key_mask = None if mask is None else mask.to(torch.bool)[:, None, None, :]
         for layer in self.layers:
             x = layer(x, key_mask)

@@ -2,7 +2,7 @@
 
 Attribute names are the checkpoint names: `Attention.qkv_projection` is stored as
 `...TemporalAttention.qkv_projection.weight`. Everything is channels last.
-Shape letters: B batch, T frames, S sequence, N heads, d head_dim, D features, P patches per frame (hw).
+Shapes use the one legend of docs/ARCHITECTURE.md (B, T, P, D, S, N, d, ...).
 """
 
 from __future__ import annotations

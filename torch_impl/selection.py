@@ -1,7 +1,7 @@
 """Which frames to keep, and the packed format of the kept ones (MODEL_SPEC section 4).
 
-All batched tensor ops: no Python loop over frames. Shape letters: B batch, T frames, K kept slots
-(the largest kept count of the batch), P patches per frame, L latent channels.
+All batched tensor ops: no Python loop over frames. Shapes use the one legend of
+docs/ARCHITECTURE.md (K: kept slots, the largest kept count of the batch).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """VideoVAE: a factored-attention encoder/decoder with learned frame selection (MODEL_SPEC section 3).
 
-Shape letters: B batch, T frames, H/W pixels, C colour channels, P patches per frame (hw),
-D patch dim, L latent channels (D / spatial_compression_rate).
+Shapes use the one legend of docs/ARCHITECTURE.md: B batch, T frames, H/W pixels,
+C colour channels, P patches per frame, D patch dim, L latent channels (D / spatial_compression_rate).
+A frame mask is `(B,T)` bool or, as the original port's Encoder/Decoder/VideoVAE take it, `(B,1,1,T)`.
 Outputs are in the model's compute dtype (`compute_dtype`, the dtype of its Linear weights).
 """
 
@@ -19,22 +20,35 @@ from torch_impl.selection import Compressed, pack_kept, place_kept, select_frame
 from torch_impl.unet import UNet
 
 
-def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """`(B,T)` -> `(B,1,1,T)` bool, the key-mask layout of FactoredAttention."""
-    return None if mask is None else mask.to(torch.bool)[:, None, None, :]
+def frame_mask(mask: torch.Tensor | None, batch: int, frames: int) -> torch.Tensor | None:
+    """The frame mask as `(B,T)` bool (True = a real frame). Given as `(B,T)`, or as `(B,1,1,T)`, the
+    key-mask layout the original port's Encoder, Decoder and VideoVAE take (MODEL_SPEC section 2); both
+    forms mean the same. Any other shape is a `ValueError` that names both accepted ones."""
+    if mask is None:
+        return None
+    shape = tuple(mask.shape)
+    if len(shape) == 4 and shape[1:3] == (1, 1):
+        mask = mask[:, 0, 0, :]
+    if tuple(mask.shape) != (batch, frames):
+        raise ValueError(
+            f"mask must be (B, T) = ({batch}, {frames}) or (B, 1, 1, T) = ({batch}, 1, 1, {frames}), "
+            f"got {shape}"
+        )
+    return mask.to(torch.bool)
+
+
+def _key_mask(mask: torch.Tensor | None, batch: int, frames: int) -> torch.Tensor | None:
+    """Either mask form -> `(B,1,1,T)` bool, the key-mask layout of FactoredAttention."""
+    mask = frame_mask(mask, batch, frames)
+    return None if mask is None else mask[:, None, None, :]
 
 
 def _factored_stack(cfg: VAEConfig, depth: int) -> nn.ModuleList:
-    return nn.ModuleList(
-        FactoredAttention(
-            cfg.patch_dim, cfg.num_heads, cfg.qkv_features, cfg.mlp_dim, cfg.max_temporal_len, cfg.num_patches
-        )
-        for _ in range(depth)
-    )
+    return nn.ModuleList(FactoredAttention(**cfg.block_kwargs()) for _ in range(depth))
 
 
 class Encoder(nn.Module):
-    """`(video (B,T,H,W,C), mask (B,T)) -> (mean (B,T,P,L), variance (B,T,P,L), selection (B,T,1))`.
+    """`(video (B,T,H,W,C), mask (B,T) or (B,1,1,T)) -> (mean, variance (B,T,P,L), selection (B,T,1))`.
 
     `variance = softplus(variance_estimator(x))` as in the Flax original, computed in the compute dtype
     with nothing added; the published PyTorch port instead computed it in fp32 and added 1e-6.
@@ -58,7 +72,7 @@ class Encoder(nn.Module):
     def forward(
         self, video: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        key_mask = _key_mask(mask)
+        key_mask = _key_mask(mask, *video.shape[:2])
         x = self.patch_embedding(video)  # (B,T,P,D), cast to the compute dtype inside
         for layer in self.layers:
             x = layer(x, key_mask)
@@ -70,7 +84,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """`(latent (B,T,P,L), mask (B,T)) -> video (B,T,H,W,C)`: patch-unembedded video + UNet refinement."""
+    """`(latent (B,T,P,L), mask (B,T) or (B,1,1,T)) -> video (B,T,H,W,C)`: patch-unembedded video + UNet
+    refinement."""
 
     def __init__(self, config: VAEConfig | Any = None, **hyperparameters: Any) -> None:
         super().__init__()
@@ -93,7 +108,7 @@ class Decoder(nn.Module):
         return self.spatial_decompression.weight.dtype
 
     def forward(self, latent: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        key_mask = _key_mask(mask)
+        key_mask = _key_mask(mask, *latent.shape[:2])
         x = self.spatial_decompression(latent.to(self.compute_dtype))  # (B,T,P,D)
         for layer in self.layers:
             x = layer(x, key_mask)
@@ -136,7 +151,8 @@ class VideoVAE(nn.Module):
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> VAEOutput:
-        """Training forward (reference only, stochastic in any mode, like jax_ref's): the latent is
+        """Training forward (reference only, stochastic in any mode, like jax_ref's); `mask` `(B,T)` or
+        `(B,1,1,T)` bool, None = all frames real. The latent is
         `mean + sqrt(variance) * noise`, each frame is kept with probability `selection` (Gumbel-sigmoid
         with a straight-through gradient), and dropped frames become `fill_token`.
         """
@@ -161,11 +177,13 @@ class VideoVAE(nn.Module):
         noise: torch.Tensor | torch.Generator | None = None,
     ) -> Compressed:
         """Encode `video (B,T,H,W,C)` and keep the selected latent (mean) frames; see `select_frames`.
+        `mask` `(B,T)` or `(B,1,1,T)` bool marks real frames (None: all).
 
         `num_frames` is T: a batch decodes to T frames. Since GroupNorm mixes all frames of a clip,
         compress clips of different lengths separately rather than padded into one batch.
         """
         batch, frames = video.shape[:2]
+        mask = frame_mask(mask, batch, frames)
         if mask is None:
             mask = torch.ones(batch, frames, dtype=torch.bool, device=video.device)
         mean, _, selection = self.encoder(video, mask)

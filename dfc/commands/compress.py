@@ -94,29 +94,34 @@ def _check_arguments(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dfc.video import read_video, split_clips
+    """Straight through, each step once: read -> load -> split -> fit -> encode -> (measure) -> write."""
+    from dfc.video import fit_to_model, read_video, split_clips
 
     mode = _check_arguments(args)
     frames, info = read_video(args.input)  # bad input fails here, before the (slow) model load
     loaded = load_model("vae", args.weights, args.device, args.precision)
     vae = loaded.model
     clip_frames = args.clip_frames or min(DEFAULT_CLIP_FRAMES, vae.config.max_temporal_len)
-    split_clips(info.num_frames, clip_frames, vae.config.max_temporal_len)  # a bad --clip-frames fails now
+    spans = split_clips(info.num_frames, clip_frames, vae.config.max_temporal_len)  # bad --clip-frames
+    fitted, crop = fit_to_model(frames, vae.config.height, vae.config.width, args.resize)
+    del frames  # the full-resolution copy is no longer needed; long videos are large
 
-    from dfc.container import quantization_effect, size_report, write_container
-    from torch_impl.codec import compress_video
+    from dfc.codec import compress_fitted
+    from dfc.container import write_container
+    from dfc.container_report import quantization_effect, size_report
 
-    cv = compress_video(
+    cv = compress_fitted(
         vae,
-        frames,
+        fitted,
+        crop,
+        spans,
         weights_id=loaded.identity,
         fps=info.fps,
+        clip_frames=clip_frames,
         mode=mode,
         k=args.keep,
         keep_rate=args.keep_rate,
         seed=args.seed,
-        clip_frames=clip_frames,
-        fit=args.resize,
         latent_dtype=args.latent_dtype,
         batch_size=args.batch,
         progress=not args.quiet,
@@ -125,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     )
     cv.latent_coding = args.entropy
     measure = args.measure if args.measure is not None else args.latent_dtype == "u8"
-    quality = _measure(vae, cv, frames, args) if measure else None
+    quality = _measure(vae, cv, fitted, args) if measure else None
     quantization = quantization_effect(cv, args.latent_dtype) if args.latent_dtype != "f32" else None
     write_container(args.output, cv)
     report = size_report(cv, args.input if Path(args.input).is_file() else None)
@@ -138,13 +143,11 @@ def _recordable(source: str) -> str:
     return str(Path(source).absolute()) if Path(source).exists() else source
 
 
-def _measure(vae, cv, frames, args) -> dict[str, float]:
-    """Pixel MSE/PSNR of the decoded file against the input at model size, per stored latent dtype."""
+def _measure(vae, cv, reference, args) -> dict[str, float]:
+    """Pixel MSE/PSNR of the decoded file against the input fitted to the model, per stored latent dtype."""
+    from dfc.codec import decode_clips, with_latent_dtype
     from dfc.metrics import mse, psnr
-    from dfc.video import fit_to_model
-    from torch_impl.codec import decode_clips, with_latent_dtype
 
-    reference, _ = fit_to_model(frames, vae.config.height, vae.config.width, args.resize)
     dtypes = [args.latent_dtype] + (["bf16"] if args.latent_dtype == "u8" else [])
     out = {}
     for dtype in dtypes:

@@ -6,6 +6,7 @@ import argparse
 import re
 import sys
 
+from common.tables import TABLES
 from dfc.errors import UserError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -36,7 +37,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         "Orbax checkpoint directory to write",
     )
     parser.add_argument(
-        "--model", choices=("vae", "dit"), help="model kind (default: detected from the tensors)"
+        "--model", choices=tuple(TABLES), help="model kind (default: detected from the tensors)"
     )
     parser.add_argument(
         "--config",
@@ -77,7 +78,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convert.pipeline import ConvertError, Options, convert
+    from convert.options import ConvertError, Options
+    from dfc.convert_checks import convert
 
     options = Options(
         model=args.model,

@@ -32,33 +32,17 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def check_video_target(path: str, *, overwrite: bool = False) -> None:
-    """Fail before any decoding when the output cannot be written, or would replace a file unasked."""
-    from dfc.video import OUTPUT_SUFFIXES
-
-    target = Path(path)
-    is_folder = path.endswith(("/", os.sep)) or target.is_dir() or not target.suffix
-    if not is_folder and target.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UserError(
-            f"{path}: unknown video type {target.suffix!r}; use one of {', '.join(OUTPUT_SUFFIXES)}"
-        )
-    if is_folder and target.is_dir() and any(target.iterdir()):
-        raise UserError(f"{path}: folder exists and is not empty; choose a new or empty folder")
-    if not is_folder and target.exists() and not overwrite:
-        raise UserError(f"{path}: exists; pass --force to replace it")
-    if not target.absolute().parent.is_dir():
-        raise UserError(f"{path}: the folder {target.absolute().parent} does not exist")
-
-
 def default_weights(cv) -> str:
     recorded = cv.extra.get("weights_source")
     return recorded if isinstance(recorded, str) and Path(recorded).exists() else DEFAULT_REPO
 
 
 def run(args: argparse.Namespace) -> int:
+    """Straight through, each step once: read the file -> load -> decode clips -> restore frames -> write."""
+    from dfc.codec import decompress_video
     from dfc.container import check_weights, read_container
+    from dfc.outputs import check_video_target
     from dfc.video import write_video
-    from torch_impl.codec import check_model_fits, decompress_video
 
     if args.batch < 1:
         raise UserError(f"--batch must be at least 1, got {args.batch}")
@@ -69,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
         check_weights(cv, loaded.identity)
     except UserError as err:
         raise UserError(f"{args.input}: {err} (--weights {loaded.source})") from None
-    check_model_fits(loaded.model, cv)
     frames, fps = decompress_video(
         loaded.model, cv, full_frame=not args.crop_only, batch_size=args.batch, progress=not args.quiet
     )

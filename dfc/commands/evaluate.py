@@ -10,11 +10,9 @@ With `--rd`, also `rd/`: rate-distortion points of the `.dfc` and of x264/x265 o
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from common.atomic import atomic_output
 from dfc.errors import UserError
 from dfc.models import add_model_arguments, load_model
 
@@ -152,8 +150,7 @@ def run(args: argparse.Namespace) -> int:
     from dfc.evaluation import bernoulli_draws, evaluate_clip
 
     out = Path(args.out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.absolute().parent))
-    try:
+    with atomic_output(out.absolute(), is_dir=True) as staging:  # replaces an empty `out`
         results, rd_points = [], []
         fitted_cache: dict[Path, object] = {}
         for key, (path, start, stop, info) in enumerate(
@@ -178,9 +175,6 @@ def run(args: argparse.Namespace) -> int:
                 _figures(staging, result, pictures, args.gif_fps)
         _tables(staging, results, args, loaded, topk)
         rd_lines = _rd_files(staging / "rd", rd_points, args, loaded, topk, cfg) if args.rd else []
-        _publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
     from dfc.evaluation import markdown_table
 
@@ -287,10 +281,3 @@ def _rd_files(folder: Path, points, args, loaded, topk, cfg) -> list[str]:
             rd_report.curves_png(folder / "curves" / f"rd_{label}.png", label, members)
         rd_report.curves_png(folder / "curves" / "rd_mean.png", f"mean of {len(labels)} clip(s)", means)
     return rd_report.summary_lines(bd["mean"], gain)
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """The finished folder takes `out`'s place in one rename (an empty `out` is replaced)."""
-    if out.is_dir():
-        out.rmdir()
-    os.rename(staging, out)

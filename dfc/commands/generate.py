@@ -63,7 +63,7 @@ def output_paths(output: str, seeds: list[int], grid: bool) -> list[Path]:
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
-    from dfc.commands.decompress import check_video_target
+    from dfc.outputs import check_video_target
 
     for name in ("num_latent_frames", "steps", "batch", "chunk"):
         if getattr(args, name) < 1:
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     vae = load_model("vae", vae_source, args.device, args.precision).model
     dit = load_model("dit", dit_source, args.device, args.precision).model
 
-    from torch_impl.codec import check_pair, generate
+    from dfc.codec import check_pair, generate
 
     try:
         check_pair(dit, vae, args.num_latent_frames)

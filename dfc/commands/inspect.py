@@ -28,8 +28,8 @@ def _size(n: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from convert.inspect_tree import build_tree, describe, layout_description
+    from convert.options import ConvertError
     from convert.orbax_io import CheckpointError
-    from convert.pipeline import ConvertError
     from convert.safetensors_io import SafetensorsError
 
     try:

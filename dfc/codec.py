@@ -1,9 +1,10 @@
 """Whole videos in and out of the VAE, and DiT samples out to videos: the Python API behind `dfc`.
 
-`compress_video` fits a video to the model, splits it into clips, encodes clips of equal length as one
-batch and returns a `dfc.container.CompressedVideo`; `decompress_video` turns one back into frames at
-the source's size and frame rate. `generate` samples latents and gaps with the DiT and decodes each
-sample at its predicted length.
+`compress_video` reads a video, splits it into clips, fits it to the model and encodes clips of equal
+length as one batch (`compress_fitted`), returning a `dfc.container.CompressedVideo`; each of those steps
+runs once, in that order (`dfc compress` runs the same steps itself, keeping the fitted frames to
+measure against). `decompress_video` turns one back into frames at the source's size and frame rate.
+`generate` samples latents and gaps with the DiT and decodes each sample at its predicted length.
 
 Clips of different lengths are never padded into one batch: GroupNorm mixes statistics over every
 frame of a clip, so padding would change what the model computes (MODEL_SPEC section 2).
@@ -28,9 +29,9 @@ from dfc.container import (
     KeepSettings,
     ModelInfo,
     check_weights,
-    stored_values,
 )
-from dfc.video import fit_to_model, read_video, restore_frames, split_clips, to_uint8
+from dfc.latent_values import stored_values
+from dfc.video import Crop, fit_to_model, read_video, restore_frames, split_clips, to_uint8
 from torch_impl.dit import VideoDiT
 from torch_impl.sampling import gaps_to_positions, sample
 from torch_impl.selection import MODES, Compressed
@@ -115,18 +116,18 @@ def _check_keep(mode: str, k: int | None, keep_rate: float | None) -> None:
 def compress_frames(
     vae: VideoVAE,
     video: np.ndarray,
+    spans: Sequence[tuple[int, int]],
     *,
     mode: str = "threshold",
     k: int | None = None,
     keep_rate: float | None = None,
     seed: int = 0,
-    clip_frames: int = DEFAULT_CLIP_FRAMES,
     batch_size: int = DEFAULT_BATCH,
     progress: bool = False,
 ) -> list[ClipLatents]:
-    """Model-size float frames `(T, h, w, 3)` in [0, 1] -> the kept latents of each clip (float32)."""
+    """Model-size float frames `(T, h, w, 3)` in [0, 1] and their clips (`dfc.video.split_clips`) -> the
+    kept latents of each clip (float32)."""
     _check_keep(mode, k, keep_rate)
-    spans = split_clips(len(video), clip_frames, vae.config.max_temporal_len)
     clips: list[ClipLatents | None] = [None] * len(spans)
     device = _device(vae)
     with _progress(len(spans), "compressing", progress) as bar:
@@ -174,19 +175,48 @@ def compress_video(
     split into clips of `clip_frames` (the last one keeps its true length) and encoded. `mode` picks the
     kept frames: "threshold" (p > 0.5), "bernoulli" (draws fixed by `seed` and the clip index) or "topk"
     (`k` frames per clip, or `keep_rate` of each clip's frames). `weights_id` identifies the weights
-    (`torch_impl.weights.weights_identity`) so that decoding with other weights is refused.
+    (`torch_impl.loading.weights_identity`) so that decoding with other weights is refused.
     """
     if isinstance(source, np.ndarray):
         frames, fps = source, float(fps or DEFAULT_FPS)
     else:
         frames, info = read_video(source)
         fps, source_name = float(fps or info.fps), source_name or Path(source).name
-    cfg = vae.config
-    fitted, crop = fit_to_model(frames, cfg.height, cfg.width, fit)
+    spans = split_clips(len(frames), clip_frames, vae.config.max_temporal_len)  # a bad length fails first
+    fitted, crop = fit_to_model(frames, vae.config.height, vae.config.width, fit)
     del frames  # the full-resolution copy is no longer needed; long videos are large
+    return compress_fitted(
+        vae, fitted, crop, spans, weights_id=weights_id, fps=fps, clip_frames=clip_frames, mode=mode, k=k,
+        keep_rate=keep_rate, seed=seed, latent_dtype=latent_dtype, batch_size=batch_size, progress=progress,
+        source_name=source_name, extra=extra,
+    )  # fmt: skip
+
+
+def compress_fitted(
+    vae: VideoVAE,
+    fitted: np.ndarray,
+    crop: Crop,
+    spans: Sequence[tuple[int, int]],
+    *,
+    weights_id: str,
+    fps: float,
+    clip_frames: int,
+    mode: str = "threshold",
+    k: int | None = None,
+    keep_rate: float | None = None,
+    seed: int = 0,
+    latent_dtype: str = "bf16",
+    batch_size: int = DEFAULT_BATCH,
+    progress: bool = False,
+    source_name: str | None = None,
+    extra: dict | None = None,
+) -> CompressedVideo:
+    """Frames already fitted to the model (`dfc.video.fit_to_model`: `fitted`, `crop`) and split into
+    clips of `clip_frames` (`dfc.video.split_clips`: `spans`) -> `CompressedVideo`; the other arguments
+    as `compress_video`'s."""
     clips = compress_frames(
-        vae, fitted, mode=mode, k=k, keep_rate=keep_rate, seed=seed, clip_frames=clip_frames,
-        batch_size=batch_size, progress=progress,
+        vae, fitted, spans, mode=mode, k=k, keep_rate=keep_rate, seed=seed, batch_size=batch_size,
+        progress=progress,
     )  # fmt: skip
     notes = dict(extra or {})
     if keep_rate is not None:

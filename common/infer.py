@@ -1,149 +1,28 @@
 """The configuration a checkpoint was trained with, read off its tensor shapes; and the check of a given one.
 
-Each model has a table of facts: "this axis of every tensor matching this pattern is that quantity" (a
-config field such as `mlp_dim`, or a config property such as `head_dim`), "the number of blocks under this
-list is that depth", and config fields derived from facts. Inference reads every fact from the tensors and
-derives the config; checking a given config compares each fact with the config's value, tensor by tensor,
-so a disagreement names the tensor. Names are dotted Flax names (`convert.tables`), so a PyTorch state dict
-is first mapped through the model's table (`flax_shapes`). Needs numpy only.
+Each model has a table of facts (`common.tables`, `InferenceTable`): "this axis of every tensor matching
+this pattern is that quantity" (a config field such as `mlp_dim`, or a config property such as
+`head_dim`), "the number of blocks under this list is that depth", and config fields derived from facts.
+Inference reads every fact from the tensors and derives the config; checking a given config compares each
+fact with the config's value, tensor by tensor, so a disagreement names the tensor. Names are dotted Flax
+names, so a PyTorch state dict is first mapped through the model's table (`flax_shapes`). Framework-free.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from common.config import DiTConfig, VAEConfig
-from convert.tables import Table
+from common.tables import INFERENCE
+from common.tables.base import Axis, Count, InferenceTable, Table
 
 
 class ConfigMismatch(ValueError):
     """The tensors contradict the configuration (or each other); the message names the tensor."""
-
-
-@dataclass(frozen=True)
-class Axis:
-    """`quantity` is axis `axis` of every tensor matching `pattern`, divided by `divide_by`."""
-
-    quantity: str
-    pattern: str
-    axis: int
-    divide_by: int = 1
-    required: bool = True  # RoPE caches are absent from PyTorch files
-
-
-@dataclass(frozen=True)
-class Count:
-    """`quantity` is the number of list entries `<prefix>.<i>.` (indices 0..n-1, none missing)."""
-
-    quantity: str
-    prefix: str
-
-
-@dataclass(frozen=True)
-class Derived:
-    """A config field computed from facts; `None` when the facts do not determine it."""
-
-    quantity: str
-    compute: Callable[[dict[str, int]], int | None]
-    why: str
-
-
-@dataclass(frozen=True)
-class InferenceTable:
-    model_type: str
-    config_class: type
-    marker: str  # a Flax name only this model has
-    facts: tuple[Axis | Count, ...]
-    derived: tuple[Derived, ...]
-
-
-def _exact_root(value: int) -> int | None:
-    root = math.isqrt(value)
-    return root if root * root == value else None
-
-
-def _vae_patch_size(f: dict[str, int]) -> int | None:
-    per_channel, rest = divmod(f["patch_dim"], f["channels"])
-    return None if rest else _exact_root(per_channel)
-
-
-def _vae_side(f: dict[str, int]) -> int | None:
-    # Only the patch count is stored (hw = (H/p)(W/p)); square frames are the published and only
-    # trained case, so a non-square count needs --config.
-    grid = _exact_root(f["num_patches"])
-    patch = _vae_patch_size(f)
-    return None if grid is None or patch is None else grid * patch
-
-
-_ATTENTION_FACTS = (
-    Axis("qkv_features", "*Attention.qkv_projection.kernel", 1, divide_by=3),
-    Axis("head_dim", "*Attention.q_norm.scale", 0),
-    Axis("head_dim", "*Attention.k_norm.scale", 0),
-    Axis("mlp_dim", "*MLP.linear1.kernel", 1),
-    Axis("max_temporal_len", "*TemporalAttention.ROPE.cos_cached", 1, required=False),
-    Axis("max_temporal_len", "*TemporalAttention.ROPE.sin_cached", 1, required=False),
-    Axis("head_dim", "*ROPE.cos_cached", 3, required=False),
-)
-_HEADS = Derived("num_heads", lambda f: f["qkv_features"] // f["head_dim"], "qkv_features / head_dim")
-
-VAE_INFERENCE = InferenceTable(
-    model_type="vae",
-    config_class=VAEConfig,
-    marker="fill_token",
-    facts=(
-        Count("encoder_depth", "encoder.layers"),
-        Count("decoder_depth", "decoder.layers"),
-        Count("unet_num_levels", "decoder.unet.encoders"),
-        Axis("patch_dim", "encoder.patch_embedding.norm.scale", 0),
-        Axis("patch_dim", "*layers.*.input_norm.scale", 0),
-        Axis("latent_dim", "fill_token", 3),
-        Axis("latent_dim", "encoder.spatial_compression.kernel", 1),
-        Axis("num_patches", "encoder.selection_layer2.kernel", 0),
-        Axis("num_patches", "*SpatialAttention.ROPE.cos_cached", 1, required=False),
-        Axis("channels", "decoder.unet.final_conv.kernel", 4),
-        Axis("unet_channels", "decoder.unet.patch_mixer.kernel", 3),
-        Axis("unet_base_features", "decoder.unet.encoders.0.conv1.conv.kernel", 4),
-        Axis("unet_temporal_kernel", "decoder.unet.patch_mixer.kernel", 0),
-        Axis("unet_temporal_kernel", "decoder.unet.*.conv.kernel", 0),
-        *_ATTENTION_FACTS,
-    ),
-    derived=(
-        _HEADS,
-        Derived("patch_size", _vae_patch_size, "sqrt(patch_dim / channels)"),
-        Derived("height", _vae_side, "sqrt(patches per frame) * patch_size (square frames)"),
-        Derived("width", _vae_side, "sqrt(patches per frame) * patch_size (square frames)"),
-        Derived(
-            "spatial_compression_rate", lambda f: f["patch_dim"] // f["latent_dim"], "patch_dim / latent_dim"
-        ),
-        Derived(
-            "unembedding_upsample_rate",
-            lambda f: f["unet_channels"] // f["channels"],
-            "unet channels / channels",
-        ),
-    ),
-)
-
-DIT_INFERENCE = InferenceTable(
-    model_type="dit",
-    config_class=DiTConfig,
-    marker="up_proj.kernel",
-    facts=(
-        Count("depth", "layers"),
-        Axis("residual_dim", "up_proj.kernel", 1),
-        Axis("compressed_channel_dim", "up_proj.kernel", 0),
-        Axis("hw", "spacing_pred2.kernel", 0),
-        Axis("hw", "*SpatialAttention.ROPE.cos_cached", 1, required=False),
-        *_ATTENTION_FACTS,
-    ),
-    derived=(_HEADS,),
-)
-
-INFERENCE: dict[str, InferenceTable] = {"vae": VAE_INFERENCE, "dit": DIT_INFERENCE}
 
 
 @dataclass(frozen=True)

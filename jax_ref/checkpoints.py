@@ -1,4 +1,4 @@
-"""Real Orbax checkpoints for tests and benchmarks, written by orbax exactly as the training code saves them.
+"""Real Orbax checkpoints in the training code's layouts, for tests and benchmarks (orbax writes them).
 
 The training code calls `StandardCheckpointer().save(path, {"model": state, "optimizer": opt_state})` with
 numpy fp32 leaves (MODEL_SPEC section 6). We rebuild those trees without the training code: the model tree
@@ -22,7 +22,7 @@ import numpy as np
 
 from common.config import DiTConfig, VAEConfig
 from common.rope import rope_tables
-from convert.orbax_io import nest_flat
+from common.trees import nest_flat
 
 LAYOUTS = ("flax-0.10", "flax-0.12", "model-only")
 
