@@ -37,6 +37,7 @@ parity: setup
 
 bench: setup
 	$(PY) -m bench.run
+	$(PY) -m bench.batch_bench
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -23,7 +23,7 @@ from bench.machine import median, timed
 CLIP_FRAMES = 32
 
 
-def _test_clip(path: Path, frames: int, size: int) -> None:
+def make_clip(path: Path, frames: int, size: int) -> None:
     """A moving gradient with a square: something ffmpeg encodes as a real H.264 clip."""
     from dfc.video import write_video
 
@@ -58,7 +58,7 @@ def cli_rows(weights: Path, precisions: list[str], target_s: float, runs: int = 
     scratch = Path(tempfile.mkdtemp(prefix="dfc-cli-bench-"))
     try:
         clip = scratch / "clip.mp4"
-        _test_clip(clip, frames, 256)
+        make_clip(clip, frames, 256)
         return [_row(weights.parent, clip, precision, target_s, runs, scratch) for precision in precisions]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -98,7 +98,7 @@ def bernoulli_noise(seed: int, clip_index: int, num_frames: int) -> np.ndarray:
     return np.random.default_rng([seed, clip_index]).random(num_frames, dtype=np.float32)
 
 
-def _check_keep(mode: str, k: int | None, keep_rate: float | None) -> None:
+def check_keep(mode: str, k: int | None, keep_rate: float | None) -> None:
     if mode not in MODES:
         raise ValueError(f"unknown keep mode {mode!r}; choose one of {', '.join(MODES)}")
     if k is not None and keep_rate is not None:
@@ -127,28 +127,40 @@ def compress_frames(
 ) -> list[ClipLatents]:
     """Model-size float frames `(T, h, w, 3)` in [0, 1] and their clips (`dfc.video.split_clips`) -> the
     kept latents of each clip (float32)."""
-    _check_keep(mode, k, keep_rate)
+    check_keep(mode, k, keep_rate)
     clips: list[ClipLatents | None] = [None] * len(spans)
-    device = _device(vae)
     with _progress(len(spans), "compressing", progress) as bar:
         for members in _batches_by_length([stop - start for start, stop in spans], batch_size):
-            length = spans[members[0]][1] - spans[members[0]][0]
-            batch = torch.from_numpy(np.stack([video[slice(*spans[i])] for i in members])).to(device)
-            noise = None
-            if mode == "bernoulli":
-                noise = torch.from_numpy(np.stack([bernoulli_noise(seed, i, length) for i in members]))
-            budget = keep_count(length, k, keep_rate) if mode == "topk" else None
-            packed = vae.compress(batch, mode=mode, k=budget, noise=noise)
-            kept = packed.kept.float().cpu().numpy()
-            gaps = packed.gaps.cpu().numpy().astype(np.int32)
-            counts = packed.kept_valid.sum(dim=1).tolist()
-            for row, index in enumerate(members):
-                n = counts[row]
-                clips[index] = ClipLatents(
-                    spans[index][0], length, kept[row, :n].copy(), gaps[row, :n].copy()
-                )
+            batch = [(i, spans[i][0], video[slice(*spans[i])]) for i in members]
+            for index, clip in zip(members, compress_clip_batch(vae, batch, mode, k, keep_rate, seed)):
+                clips[index] = clip
             bar.update(len(members))
     return clips  # type: ignore[return-value]
+
+
+def compress_clip_batch(
+    vae: VideoVAE,
+    batch: Sequence[tuple[int, int, np.ndarray]],
+    mode: str,
+    k: int | None,
+    keep_rate: float | None,
+    seed: int,
+) -> list[ClipLatents]:
+    """Clips of equal length `[(clip index, first frame, frames (T, h, w, 3))]`, encoded as one batch."""
+    length = len(batch[0][2])
+    frames = torch.from_numpy(np.stack([clip for _, _, clip in batch])).to(_device(vae))
+    noise = None
+    if mode == "bernoulli":
+        noise = torch.from_numpy(np.stack([bernoulli_noise(seed, i, length) for i, _, _ in batch]))
+    budget = keep_count(length, k, keep_rate) if mode == "topk" else None
+    packed = vae.compress(frames, mode=mode, k=budget, noise=noise)
+    kept = packed.kept.float().cpu().numpy()
+    gaps = packed.gaps.cpu().numpy().astype(np.int32)
+    counts = packed.kept_valid.sum(dim=1).tolist()
+    return [
+        ClipLatents(start, length, kept[row, : counts[row]].copy(), gaps[row, : counts[row]].copy())
+        for row, (_, start, _) in enumerate(batch)
+    ]
 
 
 def compress_video(

@@ -58,7 +58,9 @@ class ClipEvaluation:
 
     @property
     def label(self) -> str:
-        return f"{Path(self.video).stem}_clip{self.clip}_{self.frames}f"
+        return (
+            f"{Path(self.video).with_suffix('').as_posix().replace('/', '_')}_clip{self.clip}_{self.frames}f"
+        )
 
 
 @dataclass
@@ -76,9 +78,11 @@ def find_videos(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
 
 
-def bernoulli_draws(seed: int, clip_key: int, draws: int, frames: int) -> np.ndarray:
-    """Uniform noise `(draws, frames)` fixed by the seed and the clip's number in the evaluation."""
-    return np.random.default_rng([seed, clip_key]).random((draws, frames), dtype=np.float32)
+def bernoulli_draws(seed: int, clip_key: int | Sequence[int], draws: int, frames: int) -> np.ndarray:
+    """Uniform noise `(draws, frames)` fixed by the seed and the clip's key (`dfc evaluate`: the video's
+    name and the clip's number in it, so a video's draws do not depend on which other videos ran)."""
+    key = [clip_key] if isinstance(clip_key, int) else list(clip_key)
+    return np.random.default_rng([seed, *key]).random((draws, frames), dtype=np.float32)
 
 
 def evaluate_clip(

@@ -67,6 +67,8 @@ def _how_to_provide(model_type: str, source: str) -> str:
 
 def load_model(model_type: str, source: str | os.PathLike | None, device: str, precision: str) -> LoadedModel:
     """The VAE or DiT behind `source` (default: the published repo), with its weights identity."""
+    from safetensors import SafetensorError
+
     import torch_impl
 
     source = os.fspath(source) if source is not None else DEFAULT_REPO
@@ -88,7 +90,7 @@ def load_model(model_type: str, source: str | os.PathLike | None, device: str, p
         raise UserError(
             f"--weights {source}: not {model_type.upper()} weights ({_first_line(err)})"
         ) from None
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # e.g. a damaged .safetensors
         raise UserError(
             f"--weights {source}: cannot load {model_type.upper()} weights ({_first_line(err)})"
         ) from None

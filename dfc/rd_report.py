@@ -272,3 +272,63 @@ def curves_png(path: str | Path, title: str, points: Sequence[RDPoint]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def write_outputs(
+    folder: Path,
+    points: Sequence[RDPoint],
+    *,
+    baselines: Sequence[str],
+    crfs: Sequence[int],
+    topk: Sequence[int],
+    weights_identity: str | None,
+    model_size: Sequence[int] | None,
+    figures: bool = True,
+) -> list[str]:
+    """`rd.csv`, `rd.json`, `rd.md` and `curves/` in `folder` (each replaced whole); the lines to print."""
+    from common.atomic import atomic_output
+    from dfc.container import LATENT_DTYPES
+    from dfc.entropy import CODINGS
+    from dfc.metrics import ms_ssim_note
+    from dfc.rd import BASELINE_ARGS, ffmpeg_facts, missing_baselines
+
+    exe, version, _ = ffmpeg_facts()
+    missing = missing_baselines(baselines)
+    height, width = model_size or (0, 0)
+    settings = {
+        "ffmpeg": version,
+        "ffmpeg_path": exe,
+        "baselines": {name: BASELINE_ARGS[name] for name in baselines if name not in missing},
+        "missing": {name: f"n/a: this ffmpeg has no lib{name}" for name in missing},
+        "crfs": list(crfs),
+        "topk": list(topk),
+        "dtypes": list(LATENT_DTYPES),
+        "codings": list(CODINGS),
+        "weights_identity": weights_identity,
+        "model_size": f"{width}x{height}",
+        "ms_ssim_note": ms_ssim_note(height, width),
+    }
+    means = mean_points(points)
+    per_clip: dict[str, list[RDPoint]] = defaultdict(list)
+    for p in points:
+        per_clip[p.clip].append(p)
+    bd = {label: bd_rates(members, baselines) for label, members in per_clip.items()}
+    bd["mean"] = bd_rates(means, baselines)
+    gain = coding_gain(points)
+    everything = [*points, *means]
+    texts = {
+        "rd.csv": to_csv(everything),
+        "rd.json": to_json(everything, bd, gain, settings),
+        "rd.md": markdown(everything, bd, gain, settings),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        with atomic_output(folder / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    if figures:
+        with atomic_output(folder / "curves", is_dir=True) as curves:
+            curves.mkdir(exist_ok=True)
+            for label, members in per_clip.items():
+                curves_png(curves / f"rd_{label}.png", label, members)
+            curves_png(curves / "rd_mean.png", f"mean of {len(per_clip)} clip(s)", means)
+    return summary_lines(bd["mean"], gain)

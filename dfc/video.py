@@ -376,6 +376,68 @@ def split_clips(num_frames: int, clip_frames: int = 32, max_len: int = 64) -> li
     return [(start, min(start + clip_frames, num_frames)) for start in range(0, num_frames, clip_frames)]
 
 
+def check_clip_frames(clip_frames: int, max_len: int | None) -> None:
+    if not 1 <= clip_frames <= (max_len or clip_frames):
+        raise UserError(f"clip length must be between 1 and the model's {max_len} frames, got {clip_frames}")
+
+
+def fit_clips(
+    frames: Iterator[np.ndarray],
+    info: VideoInfo,
+    clip_frames: int,
+    height: int,
+    width: int,
+    fit: str = "crop",
+    *,
+    max_len: int | None = None,
+    source: str | os.PathLike = "the video",
+) -> tuple[Crop, Iterator[tuple[int, np.ndarray]]]:
+    """Frames as they arrive (`open_video`) -> how they are fitted, and an iterator of `(start, clip)`.
+
+    Each clip is float32 `(n, height, width, 3)` in [0, 1], `n = clip_frames` except for a shorter last
+    clip, which keeps its true length (the clips of `split_clips`). Each frame is fitted as it arrives,
+    so only one source frame and one fitted clip are held at a time: memory does not grow with the
+    video's length. A bad `clip_frames` fails at once; a video with no frames when the iterator ends.
+    """
+    check_clip_frames(clip_frames, max_len)
+    crop = crop_box(info.width, info.height, width, height, fit)
+    box = (crop.left, crop.top, crop.left + crop.width, crop.top + crop.height)
+
+    def clips() -> Iterator[tuple[int, np.ndarray]]:
+        buffer = np.empty((clip_frames, height, width, 3), np.float32)
+        start = count = 0
+        for frame in frames:
+            np.multiply(_resize(frame, (width, height), box), np.float32(1 / 255), out=buffer[count])
+            count += 1
+            if count == clip_frames:
+                yield start, buffer.copy()
+                start, count = start + count, 0
+        if count:
+            yield start, buffer[:count].copy()
+        elif start == 0:
+            raise UserError(f"{source}: the video has no frames")
+
+    return crop, clips()
+
+
+def stream_clips(
+    path: str | os.PathLike,
+    clip_frames: int,
+    height: int,
+    width: int,
+    fit: str = "crop",
+    *,
+    max_len: int | None = None,
+    max_frames: int | None = None,
+) -> tuple[VideoInfo, Crop, Iterator[tuple[int, np.ndarray]]]:
+    """Read a video clip by clip (`open_video` + `fit_clips`): its info (`num_frames` 0 while a file is
+    not counted yet), how frames are fitted, and the `(start, clip)` iterator."""
+    check_clip_frames(clip_frames, max_len)  # before ffmpeg starts
+    info, frames = open_video(path, max_frames=max_frames)
+    crop, clips = fit_clips(frames, info, clip_frames, height, width, fit, max_len=max_len, source=path)
+    return info, crop, clips
+
+
 # ----------------------------------------------------------------------------------------------- writing
 
 

@@ -289,7 +289,15 @@ def test_any_damaged_or_truncated_file_fails_cleanly(long_compressed, files, tmp
 # --- the route: each step once, in one direction --------------------------------------------------------
 
 _ROUTE = {
-    "dfc.video": ("read_video", "split_clips", "fit_to_model", "restore_frames", "write_video"),
+    "dfc.video": (
+        "read_video",
+        "open_video",
+        "split_clips",
+        "fit_to_model",
+        "fit_clips",
+        "restore_frames",
+        "write_video",
+    ),
     "dfc.container": ("read_container", "write_container"),
     "dfc.codec": ("decode_clips",),
     "torch_impl.loading": ("locate_weights",),
@@ -327,11 +335,11 @@ def steps(monkeypatch):
     return calls
 
 
-def test_compress_reads_splits_fits_and_locates_the_weights_once_each(files, steps, tmp_path, capsys):
+def test_compress_opens_the_video_once_and_reads_it_clip_by_clip(files, steps, tmp_path, capsys):
     from dfc.cli import main
 
     out = tmp_path / "long.dfc"
-    # u8 latents are measured against the fitted input: the frames fitted once serve both
+    # u8 latents are measured against the fitted input: each clip fitted once serves both
     argv = [
         "compress",
         str(files["long"]),
@@ -343,7 +351,8 @@ def test_compress_reads_splits_fits_and_locates_the_weights_once_each(files, ste
     ]
     assert main([*argv, "--latent-dtype", "u8", "--quiet"]) == 0, capsys.readouterr().err
     route = [step for step in steps if step != "decode_clips"]  # the measurement decodes, per dtype
-    assert route == ["read_video", "locate_weights", "split_clips", "fit_to_model", "write_container"]
+    # opened (a bad file fails before the weights load), then each frame fitted as its clip is read
+    assert route == ["open_video", "locate_weights", "fit_clips", "write_container"]
 
 
 def test_decompress_reads_decodes_restores_and_writes_once_each(

@@ -178,10 +178,22 @@ def test_evaluate_of_a_folder_without_videos_is_one_line(weights, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_evaluate_will_not_write_into_a_folder_that_holds_something(evaluated, weights):
+def test_evaluate_will_not_write_into_a_folder_that_holds_something_else(evaluated, weights, tmp_path):
     out, _ = evaluated
-    result = dfc("evaluate", out / "gifs", "--weights", weights / "vae", "--out", out)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's notes")
+    result = dfc("evaluate", out.parent / "videos", "--weights", weights / "vae", "--out", mine)
     assert "not an empty folder" in one_line_error(result, "evaluate")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_evaluate_will_not_resume_a_run_made_with_other_settings(evaluated, weights):
+    out, _ = evaluated
+    before = (out / "dfc-ledger.jsonl").read_bytes()
+    result = dfc("evaluate", out.parent / "videos", "--weights", weights / "vae", "--out", out)
+    assert "other settings (clip_frames 8 then, None now" in one_line_error(result, "evaluate")
+    assert (out / "dfc-ledger.jsonl").read_bytes() == before
 
 
 # ---------------------------------------------------------------------------------- evaluate --rd

@@ -1,11 +1,18 @@
-"""`dfc compress INPUT OUTPUT`: any video ffmpeg reads -> a `.dfc` file of only the kept latent frames."""
+"""`dfc compress INPUT OUTPUT`: any video ffmpeg reads -> a `.dfc` file of only the kept latent frames.
+
+Many videos (INPUT a folder of videos, a glob or a manifest; OUTPUT a folder): one `.dfc` per video,
+resumable, on one or more workers (`dfc.batch`); `JOB` below is what one video means.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
+from dfc.batch.engine import add_batch_arguments
 from dfc.errors import UserError
 from dfc.models import add_model_arguments, load_model
 
@@ -14,8 +21,17 @@ DEFAULT_CLIP_FRAMES = 32
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="a video file (anything ffmpeg reads) or a folder of image frames")
-    parser.add_argument("output", help="the compressed file to write (.dfc)")
+    parser.add_argument(
+        "input",
+        help="a video file (anything ffmpeg reads) or a folder of image frames; or many videos: a folder of "
+        "videos, a quoted glob ('data/**/*.mp4') or a manifest (.txt: a path per line; .jsonl: "
+        '{"path": ...} per line)',
+    )
+    parser.add_argument(
+        "output",
+        help="the compressed file to write (.dfc); for many videos, a folder: one .dfc per video and a "
+        "ledger; a folder with a ledger resumes",
+    )
     add_model_arguments(parser)
     parser.add_argument(
         "--mode",
@@ -66,11 +82,17 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch", type=int, default=4, metavar="B", help="clips encoded together (default: 4)"
     )
-    parser.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace OUTPUT if it exists; many videos: write into a folder that holds other things, or "
+        "start again in one whose ledger has other settings",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_batch_arguments(parser)
 
 
-def _check_arguments(args: argparse.Namespace) -> str:
+def _check_options(args: argparse.Namespace) -> str:
     mode = args.mode or ("topk" if args.keep is not None or args.keep_rate is not None else "threshold")
     if mode == "topk" and args.keep is None and args.keep_rate is None:
         raise UserError("--mode topk needs --keep K or --keep-rate R")
@@ -82,6 +104,10 @@ def _check_arguments(args: argparse.Namespace) -> str:
         raise UserError(f"--keep-rate must be in (0, 1], got {args.keep_rate}")
     if args.batch < 1:
         raise UserError(f"--batch must be at least 1, got {args.batch}")
+    return mode
+
+
+def _check_output(args: argparse.Namespace) -> None:
     output = Path(args.output)
     if output.is_dir():
         raise UserError(f"{output}: is a folder; give a file name such as {output / 'video.dfc'}")
@@ -90,72 +116,149 @@ def _check_arguments(args: argparse.Namespace) -> str:
     if output.exists() and not args.force:
         # e.g. `dfc compress a.mp4 a.mp4` would otherwise replace the user's video with latents
         raise UserError(f"{output}: exists; pass --force to replace it")
-    return mode
 
 
 def run(args: argparse.Namespace) -> int:
-    """Straight through, each step once: read -> load -> split -> fit -> encode -> (measure) -> write."""
-    from dfc.video import fit_to_model, read_video, split_clips
+    from dfc.batch.inputs import names_many
 
-    mode = _check_arguments(args)
-    frames, info = read_video(args.input)  # bad input fails here, before the (slow) model load
-    loaded = load_model("vae", args.weights, args.device, args.precision)
-    vae = loaded.model
-    clip_frames = args.clip_frames or min(DEFAULT_CLIP_FRAMES, vae.config.max_temporal_len)
-    spans = split_clips(info.num_frames, clip_frames, vae.config.max_temporal_len)  # bad --clip-frames
-    fitted, crop = fit_to_model(frames, vae.config.height, vae.config.width, args.resize)
-    del frames  # the full-resolution copy is no longer needed; long videos are large
+    args.mode = _check_options(args)
+    if names_many(args.input):
+        from dfc.batch.engine import run_batch
+        from dfc.batch.inputs import resolve
 
-    from dfc.codec import compress_fitted
+        return run_batch(JOB, args, resolve(args.input))
+    _check_output(args)
+    from dfc.video import open_video
+
+    opened = open_video(args.input)  # bad input fails here, before the (slow) model load
+    state = JOB.setup(args, args.device, None)
+    from tqdm.auto import tqdm
+
     from dfc.container import write_container
     from dfc.container_report import quantization_effect, size_report
 
-    cv = compress_fitted(
-        vae,
-        fitted,
-        crop,
-        spans,
-        weights_id=loaded.identity,
-        fps=info.fps,
-        clip_frames=clip_frames,
-        mode=mode,
-        k=args.keep,
-        keep_rate=args.keep_rate,
-        seed=args.seed,
-        latent_dtype=args.latent_dtype,
-        batch_size=args.batch,
-        progress=not args.quiet,
-        source_name=Path(args.input).name,
-        extra={"weights_source": _recordable(loaded.source)},
-    )
-    cv.latent_coding = args.entropy
-    measure = args.measure if args.measure is not None else args.latent_dtype == "u8"
-    quality = _measure(vae, cv, fitted, args) if measure else None
+    bar = None
+
+    def on_frames(count: int) -> None:  # the bar appears with the first frames, not before an error
+        nonlocal bar
+        bar = (
+            bar
+            if bar is not None
+            else tqdm(desc="compressing", unit="frame", disable=args.quiet, leave=False)
+        )
+        bar.update(count)
+
+    try:
+        streamed = _compress(state, args.input, on_frames, opened)
+    finally:
+        if bar is not None:
+            bar.close()
+    cv = streamed.cv
     quantization = quantization_effect(cv, args.latent_dtype) if args.latent_dtype != "f32" else None
     write_container(args.output, cv)
     report = size_report(cv, args.input if Path(args.input).is_file() else None)
-    _print_summary(args, info, cv, loaded, report, quantization, quality)
+    _print_summary(args, streamed.info, cv, state.loaded, report, quantization, streamed.quality)
     return 0
+
+
+def _compress(state, source, on_frames, opened=None):
+    """One video, read and encoded clip by clip (`dfc.streaming`); `opened`: `open_video(source)`."""
+    from dfc.streaming import compress_stream
+
+    args = state.args
+    measure = args.measure if args.measure is not None else args.latent_dtype == "u8"
+    streamed = compress_stream(
+        state.loaded.model,
+        source,
+        opened=opened,
+        weights_id=state.loaded.identity,
+        mode=args.mode,
+        k=args.keep,
+        keep_rate=args.keep_rate,
+        seed=args.seed,
+        clip_frames=state.clip_frames,
+        fit=args.resize,
+        latent_dtype=args.latent_dtype,
+        batch_size=args.batch,
+        measure=([args.latent_dtype] + (["bf16"] if args.latent_dtype == "u8" else [])) if measure else (),
+        on_frames=on_frames,
+        extra={"weights_source": _recordable(state.loaded.source)},
+    )
+    streamed.cv.latent_coding = args.entropy
+    return streamed
+
+
+class _CompressJob:
+    """One video of a many-video `dfc compress`: `OUT/<name>.dfc`."""
+
+    command = "compress"
+    _SETTINGS = (
+        "mode",
+        "keep",
+        "keep_rate",
+        "seed",
+        "clip_frames",
+        "resize",
+        "latent_dtype",
+        "entropy",
+        "precision",
+    )
+
+    def out(self, args) -> Path:
+        return Path(args.output)
+
+    def settings(self, args) -> dict:
+        settings = {name: getattr(args, name) for name in self._SETTINGS}
+        settings["weights"] = _recordable(args.weights) if args.weights else None
+        return json.loads(json.dumps(settings))
+
+    def setup(self, args, device: str, threads: int | None):
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        loaded = load_model("vae", args.weights, device, args.precision)
+        limit = loaded.model.config.max_temporal_len
+        clip_frames = args.clip_frames or min(DEFAULT_CLIP_FRAMES, limit)
+        from dfc.video import check_clip_frames
+
+        check_clip_frames(clip_frames, limit)
+        return SimpleNamespace(args=args, loaded=loaded, clip_frames=clip_frames)
+
+    def run(self, state, task, staging: Path, on_frames) -> dict:
+        from dfc.container import write_container
+
+        streamed = _compress(state, task.input, on_frames)
+        name = f"{task.name}.dfc"
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        write_container(staging / name, streamed.cv)
+        return {
+            "outputs": [name],
+            "frames": streamed.info.num_frames,
+            "kept": streamed.cv.kept_frames,
+            "bytes": (staging / name).stat().st_size,
+            "weights": state.loaded.identity,
+            "quality": streamed.quality,
+        }
+
+    def finish(self, out: Path, tasks, ledger, args) -> None:
+        latest = ledger.latest()
+        done = [latest[t.input] for t in tasks if latest.get(t.input, {}).get("status") == "done"]
+        frames = sum(r["frames"] for r in done)
+        kept = sum(r["kept"] for r in done)
+        share = f", kept {kept:,} ({kept / frames:.1%})" if frames else ""
+        print(
+            f"wrote    {out}/: {len(done)} .dfc file(s), {sum(r['bytes'] for r in done):,} B, "
+            f"{frames:,} frames{share}"
+        )
+
+
+JOB = _CompressJob()
 
 
 def _recordable(source: str) -> str:
     """Local weights are recorded by absolute path so `decompress` finds them from any folder."""
     return str(Path(source).absolute()) if Path(source).exists() else source
-
-
-def _measure(vae, cv, reference, args) -> dict[str, float]:
-    """Pixel MSE/PSNR of the decoded file against the input fitted to the model, per stored latent dtype."""
-    from dfc.codec import decode_clips, with_latent_dtype
-    from dfc.metrics import mse, psnr
-
-    dtypes = [args.latent_dtype] + (["bf16"] if args.latent_dtype == "u8" else [])
-    out = {}
-    for dtype in dtypes:
-        decoded = decode_clips(
-            vae, with_latent_dtype(cv, dtype), batch_size=args.batch, progress=not args.quiet
-        )
-        out[dtype] = {"mse": mse(reference, decoded.clip(0, 1)), "psnr": psnr(reference, decoded.clip(0, 1))}
-    return out
 
 
 def _print_summary(args, info, cv, loaded, report, quantization, quality) -> None:

@@ -1,18 +1,24 @@
-"""`dfc evaluate DIR`: compression and quality over a folder of videos, per clip, with figures.
+"""`dfc evaluate VIDEOS`: compression and quality over many videos, per clip, with figures.
 
-Writes into `--out` (created whole at the end, so a failure leaves nothing): `evaluation.csv`,
-`evaluation.json`, `evaluation.md`, `gifs/compare_<clip>.gif` (Original | Top-16 | Top-8 | Top-4 | Top-1)
-and `timelines/keep_<clip>.png` (keep probability, Bernoulli keep share, top-K choices per frame).
-With `--rd`, also `rd/`: rate-distortion points of the `.dfc` and of x264/x265 on the same frames
+VIDEOS is a folder of videos, a glob, a manifest or one video. Writes into `--out`, one video at a time
+(resumable: the folder's ledger records what is finished): `videos/<name>.json` (that video's rows),
+`gifs/compare_<clip>.gif` (Original | Top-16 | Top-8 | Top-4 | Top-1), `timelines/keep_<clip>.png`
+(keep probability, Bernoulli keep share, top-K choices per frame), and at the end `evaluation.csv`,
+`evaluation.json` and `evaluation.md` over every finished video. With `--rd`, also `rd/points/<name>.json`
+per video and at the end `rd/`: rate-distortion of the `.dfc` and of x264/x265 on the same frames
 (`rd.csv`, `rd.json`, `rd.md`, `curves/rd_<clip>.png`, `curves/rd_mean.png`; dfc/rd.py, dfc/rd_report.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import zlib
+from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
-from common.atomic import atomic_output
+from dfc.batch.engine import add_batch_arguments
 from dfc.errors import UserError
 from dfc.models import add_model_arguments, load_model
 
@@ -20,10 +26,17 @@ DEFAULT_OUT = "evaluation"
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", metavar="DIR", help="folder of videos (.mp4 .mov .mkv .webm .avi .gif)")
+    parser.add_argument(
+        "folder",
+        metavar="VIDEOS",
+        help="a folder of videos (.mp4 .mov .mkv .webm .avi .gif), a quoted glob ('data/**/*.mp4'), a "
+        'manifest (.txt: a path per line; .jsonl: {"path": ...} per line) or one video',
+    )
     add_model_arguments(parser)
     parser.add_argument(
-        "--out", default=DEFAULT_OUT, help=f"output folder, new or empty (default: ./{DEFAULT_OUT})"
+        "--out",
+        default=DEFAULT_OUT,
+        help=f"output folder: new, empty, or one with a ledger to resume (default: ./{DEFAULT_OUT})",
     )
     parser.add_argument(
         "--clip-frames", type=int, metavar="N", help="frames per clip (default: 32, or the model's limit)"
@@ -53,6 +66,13 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch", type=int, default=4, metavar="B", help="decodes run together (default: 4)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write into an --out that holds other things, or start again in one whose ledger has other "
+        "settings",
+    )
+    add_batch_arguments(parser)
     rd = parser.add_argument_group("rate and distortion (--rd)")
     rd.add_argument(
         "--rd",
@@ -96,100 +116,143 @@ def _baselines(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
     if names == ("none",):
         return ()
-    unknown = [n for n in names if n not in BASELINES]
-    if unknown or not names:
+    if not names or any(n not in BASELINES for n in names):
         raise UserError(f"--baseline takes {', '.join(BASELINES)} or none, got {text!r}")
     return names
 
 
-def _check_arguments(args: argparse.Namespace) -> tuple[list[Path], tuple[int, ...]]:
-    from dfc.evaluation import VIDEO_SUFFIXES, find_videos
-
-    folder = Path(args.folder)
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such folder" if not folder.exists() else f"{folder}: not a folder")
-    videos = find_videos(folder)
-    if not videos:
-        raise UserError(f"{folder}: no videos in this folder ({' '.join(VIDEO_SUFFIXES)})")
+def _check_arguments(args: argparse.Namespace) -> tuple[int, ...]:
     for name in ("clip_frames", "draws", "batch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError(f"--max-frames must be at least 1, got {args.max_frames}")
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: exists and is not an empty folder; choose a new --out")
-    if not out.absolute().parent.is_dir():
-        raise UserError(f"{out}: the folder {out.absolute().parent} does not exist")
     args.baselines = _baselines(args.baseline) if args.rd else ()
     args.crfs = _whole_numbers(args.crf, "--crf", 0, 51) if args.rd else ()
-    return videos, _topk(args.topk)
+    return _topk(args.topk)
 
 
 def run(args: argparse.Namespace) -> int:
-    videos, topk = _check_arguments(args)
-    from dfc.video import fit_to_model, read_video, split_clips
+    from dfc.batch.engine import run_batch
+    from dfc.batch.inputs import resolve
 
-    # Every video is read (and fitted) before the model loads: a bad file fails in seconds.
-    inputs = []
-    for path in videos:
-        frames, info = read_video(path, max_frames=args.max_frames)
-        inputs.append((path, frames, info))
-    loaded = load_model("vae", args.weights, args.device, args.precision)
-    vae = loaded.model
-    cfg = vae.config
-    args.clip_frames = args.clip_frames or min(32, cfg.max_temporal_len)
-    work = [
-        (path, start, stop, info)
-        for path, frames, info in inputs
-        for start, stop in split_clips(len(frames), args.clip_frames, cfg.max_temporal_len)
-    ]
+    _check_arguments(args)
+    return run_batch(JOB, args, resolve(args.folder))
 
-    from tqdm.auto import tqdm
 
-    from dfc.evaluation import bernoulli_draws, evaluate_clip
+class _EvaluateJob:
+    """One video of `dfc evaluate`: its rows in `videos/<name>.json`, and its figures."""
 
-    out = Path(args.out)
-    with atomic_output(out.absolute(), is_dir=True) as staging:  # replaces an empty `out`
-        results, rd_points = [], []
-        fitted_cache: dict[Path, object] = {}
-        for key, (path, start, stop, info) in enumerate(
-            tqdm(work, desc="evaluating", unit="clip", disable=args.quiet)
-        ):
-            if path not in fitted_cache:
-                fitted_cache.clear()  # one video's fitted frames at a time
-                frames = next(f for p, f, _ in inputs if p == path)
-                fitted_cache[path] = fit_to_model(frames, cfg.height, cfg.width, args.resize)
-            fitted, crop = fitted_cache[path]
-            clip_index = sum(1 for p, s, _, _ in work[:key] if p == path)
-            noise = bernoulli_draws(args.seed, key, args.draws, stop - start)
+    command = "evaluate"
+    _SETTINGS = ("precision", "clip_frames", "max_frames", "draws", "topk", "seed", "latent_dtype", "resize")
+
+    def out(self, args) -> Path:
+        return Path(args.out)
+
+    def settings(self, args) -> dict:
+        settings = {name: getattr(args, name) for name in self._SETTINGS}
+        settings["topk"] = list(_topk(args.topk))
+        settings["figures"] = not args.no_figures
+        settings["rd"] = {"baselines": list(args.baselines), "crfs": list(args.crfs)} if args.rd else None
+        weights = args.weights
+        settings["weights"] = str(Path(weights).absolute()) if weights and Path(weights).exists() else weights
+        return json.loads(json.dumps(settings))
+
+    def setup(self, args, device: str, threads: int | None):
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        loaded = load_model("vae", args.weights, device, args.precision)
+        limit = loaded.model.config.max_temporal_len
+        clip_frames = args.clip_frames or min(32, limit)
+        from dfc.video import check_clip_frames
+
+        check_clip_frames(clip_frames, limit)
+        return SimpleNamespace(args=args, loaded=loaded, clip_frames=clip_frames, topk=_topk(args.topk))
+
+    def run(self, state, task, staging: Path, on_frames) -> dict:
+        """Clip by clip: one clip's frames in memory at a time."""
+        from dfc.evaluation import bernoulli_draws, evaluate_clip
+        from dfc.video import stream_clips
+
+        args, vae = state.args, state.loaded.model
+        cfg = vae.config
+        info, crop, clips = stream_clips(
+            task.input, state.clip_frames, cfg.height, cfg.width, args.resize,
+            max_len=cfg.max_temporal_len, max_frames=args.max_frames,
+        )  # fmt: skip
+        video = task.name + Path(task.input).suffix
+        key = zlib.crc32(task.name.encode())
+        results, outputs, frames_done, rd_points = [], [], 0, []
+        for index, (start, frames) in enumerate(clips):
+            noise = bernoulli_draws(args.seed, (key, index), args.draws, len(frames))
             result, pictures = evaluate_clip(
-                vae, fitted[start:stop], video=path.name, clip=clip_index, start=start, noise=noise,
-                topk=topk, latent_dtype=args.latent_dtype, batch_size=args.batch,
+                vae, frames, video=video, clip=index, start=start, noise=noise, topk=state.topk,
+                latent_dtype=args.latent_dtype, batch_size=args.batch,
             )  # fmt: skip
             results.append(result)
             if args.rd:
-                clip_frames = fitted[start:stop]
-                rd_points += _rd_points(vae, clip_frames, crop, info.fps, result.label, loaded, args, topk)
+                rd_points += _rd_points(state, frames, crop, info.fps, result.label)
             if not args.no_figures:
-                _figures(staging, result, pictures, args.gif_fps)
-        _tables(staging, results, args, loaded, topk)
-        rd_lines = _rd_files(staging / "rd", rd_points, args, loaded, topk, cfg) if args.rd else []
+                outputs += _figures(staging, result, pictures, args.gif_fps)
+            frames_done += len(frames)
+            on_frames(len(frames))
+        rows = f"videos/{task.name}.json"
+        (staging / rows).parent.mkdir(parents=True, exist_ok=True)
+        (staging / rows).write_text(
+            json.dumps([asdict(r) for r in results], allow_nan=True), encoding="utf-8"
+        )
+        if args.rd:
+            outputs.append(f"rd/points/{task.name}.json")
+            (staging / outputs[-1]).parent.mkdir(parents=True, exist_ok=True)
+            (staging / outputs[-1]).write_text(
+                json.dumps([asdict(p) for p in rd_points], allow_nan=True), encoding="utf-8"
+            )
+        return {
+            "outputs": [rows, *outputs],
+            "frames": frames_done,
+            "clips": len(results),
+            "weights": state.loaded.identity,
+            "clip_frames": state.clip_frames,
+            "model_size": [cfg.height, cfg.width],
+        }
 
-    from dfc.evaluation import markdown_table
+    def finish(self, out: Path, tasks, ledger, args) -> None:
+        """The tables over every finished video, in input order; printed as before."""
+        from dfc.evaluation import ClipEvaluation, markdown_table
 
-    print(markdown_table(results))
-    for line in rd_lines:
-        print(line)
-    print(
-        f"wrote    {out}/evaluation.csv, evaluation.json, evaluation.md"
-        + ("" if args.no_figures else ", gifs/, timelines/")
-        + (", rd/" if args.rd else "")
-    )
-    return 0
+        latest = ledger.latest()
+        done = [t for t in tasks if latest.get(t.input, {}).get("status") == "done"]
+        results, rd_points = [], []
+        for task in done:
+            rows = out / "videos" / f"{task.name}.json"
+            if not rows.is_file():  # removed by hand since: the ledger still counts it, the tables cannot
+                print(f"missing  {rows}: {task.name} is left out of the tables")
+                continue
+            results += [ClipEvaluation(**row) for row in json.loads(rows.read_text(encoding="utf-8"))]
+            points = out / "rd" / "points" / f"{task.name}.json"
+            if args.rd and points.is_file():
+                rd_points += json.loads(points.read_text(encoding="utf-8"))
+        if not results:
+            return
+        record = latest[done[0].input]
+        _tables(out, results, args, record, _topk(args.topk))
+        print(markdown_table(results))
+        if args.rd and rd_points:
+            for line in _rd_files(out / "rd", rd_points, args, record):
+                print(line)
+        print(
+            f"wrote    {out}/evaluation.csv, evaluation.json, evaluation.md"
+            + ("" if args.no_figures else ", gifs/, timelines/")
+            + (", rd/" if args.rd else "")
+        )
 
 
-def _figures(folder: Path, result, pictures, fps: float) -> None:
+JOB = _EvaluateJob()
+
+
+def _figures(folder: Path, result, pictures, fps: float) -> list[str]:
     from dfc.figures import keep_timeline, side_by_side
     from dfc.video import write_video
 
@@ -197,25 +260,28 @@ def _figures(folder: Path, result, pictures, fps: float) -> None:
     (folder / "timelines").mkdir(exist_ok=True)
     labels = ["Original", *pictures.topk]
     comparison = side_by_side([pictures.original, *pictures.topk.values()], labels)
-    write_video(folder / "gifs" / f"compare_{result.label}.gif", comparison, fps)
+    gif, timeline = f"gifs/compare_{result.label}.gif", f"timelines/keep_{result.label}.png"
+    write_video(folder / gif, comparison, fps)
     keep_timeline(
-        folder / "timelines" / f"keep_{result.label}.png",
+        folder / timeline,
         f"{result.video} clip {result.clip} (frames {result.start}-{result.start + result.frames - 1})",
         result.keep_probability,
         pictures.bernoulli_keeps,
         pictures.topk_keeps,
     )
+    return [gif, timeline]
 
 
-def _tables(folder: Path, results, args, loaded, topk) -> None:
+def _tables(folder: Path, results, args, record, topk) -> None:
+    from common.atomic import atomic_output
     from dfc.evaluation import markdown_table, to_csv, to_json
 
     settings = {
         "folder": str(args.folder),
-        "weights": loaded.source,
-        "weights_identity": loaded.identity,
+        "weights": args.weights,
+        "weights_identity": record.get("weights"),
         "precision": args.precision,
-        "clip_frames": args.clip_frames,
+        "clip_frames": record.get("clip_frames"),
         "max_frames": args.max_frames,
         "draws": args.draws,
         "topk": list(topk),
@@ -223,61 +289,39 @@ def _tables(folder: Path, results, args, loaded, topk) -> None:
         "latent_dtype": args.latent_dtype,
         "resize": args.resize,
     }
-    (folder / "evaluation.csv").write_text(to_csv(results), encoding="utf-8")
-    (folder / "evaluation.json").write_text(to_json(results, settings), encoding="utf-8")
-    (folder / "evaluation.md").write_text(markdown_table(results) + "\n", encoding="utf-8")
+    tables = {
+        "evaluation.csv": to_csv(results),
+        "evaluation.json": to_json(results, settings),
+        "evaluation.md": markdown_table(results) + "\n",
+    }
+    for name, text in tables.items():
+        with atomic_output(folder / name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
 
 
-def _rd_points(vae, fitted, crop, fps, label, loaded, args, topk) -> list:
+def _rd_points(state, frames, crop, fps: float, label: str) -> list:
+    """Rate-distortion points of one clip (model-size float frames): the .dfc settings and the baselines."""
     from dfc.rd import baseline_points, dfc_points
     from dfc.video import to_uint8
 
-    frames = to_uint8(fitted)
+    args = state.args
+    frames = to_uint8(frames)
     points = dfc_points(
-        vae, frames, label=label, crop=crop, fps=fps, weights_id=loaded.identity, topk=topk,
-        batch_size=args.batch,
+        state.loaded.model, frames, label=label, crop=crop, fps=fps, weights_id=state.loaded.identity,
+        topk=state.topk, batch_size=args.batch,
     )  # fmt: skip
     for codec in args.baselines:
         points += baseline_points(frames, label=label, fps=fps, codec=codec, crfs=args.crfs)
     return points
 
 
-def _rd_files(folder: Path, points, args, loaded, topk, cfg) -> list[str]:
-    """rd.csv/json/md and the curves; returns the lines to print."""
-    from dfc import rd_report
-    from dfc.container import LATENT_DTYPES
-    from dfc.entropy import CODINGS
-    from dfc.metrics import ms_ssim_note
-    from dfc.rd import BASELINE_ARGS, ffmpeg_facts, missing_baselines
+def _rd_files(folder: Path, rows: list[dict], args, record: dict) -> list[str]:
+    """`rd/`'s tables, summary and curves over every finished video; returns the lines to print."""
+    from dfc.rd import RDPoint
+    from dfc.rd_report import write_outputs
 
-    exe, version, _ = ffmpeg_facts()
-    missing = missing_baselines(args.baselines)
-    settings = {
-        "ffmpeg": version,
-        "ffmpeg_path": exe,
-        "baselines": {name: BASELINE_ARGS[name] for name in args.baselines if name not in missing},
-        "missing": {name: f"n/a: this ffmpeg has no lib{name}" for name in missing},
-        "crfs": list(args.crfs),
-        "topk": list(topk),
-        "dtypes": list(LATENT_DTYPES),
-        "codings": list(CODINGS),
-        "weights_identity": loaded.identity,
-        "model_size": f"{cfg.width}x{cfg.height}",
-        "ms_ssim_note": ms_ssim_note(cfg.height, cfg.width),
-    }
-    means = rd_report.mean_points(points)
-    labels = list(dict.fromkeys(p.clip for p in points))
-    per_clip = {label: [p for p in points if p.clip == label] for label in labels}
-    bd = {label: rd_report.bd_rates(members, args.baselines) for label, members in per_clip.items()}
-    bd["mean"] = rd_report.bd_rates(means, args.baselines)
-    gain = rd_report.coding_gain(points)
-    everything = points + means
-    (folder / "curves").mkdir(parents=True)
-    (folder / "rd.csv").write_text(rd_report.to_csv(everything), encoding="utf-8")
-    (folder / "rd.json").write_text(rd_report.to_json(everything, bd, gain, settings), encoding="utf-8")
-    (folder / "rd.md").write_text(rd_report.markdown(everything, bd, gain, settings), encoding="utf-8")
-    if not args.no_figures:
-        for label, members in per_clip.items():
-            rd_report.curves_png(folder / "curves" / f"rd_{label}.png", label, members)
-        rd_report.curves_png(folder / "curves" / "rd_mean.png", f"mean of {len(labels)} clip(s)", means)
-    return rd_report.summary_lines(bd["mean"], gain)
+    return write_outputs(
+        folder, [RDPoint(**row) for row in rows], baselines=args.baselines, crfs=args.crfs,
+        topk=_topk(args.topk), weights_identity=record.get("weights"), model_size=record.get("model_size"),
+        figures=not args.no_figures,
+    )  # fmt: skip

@@ -1,0 +1,120 @@
+"""Compressing a video clip by clip, so memory does not grow with its length (what `dfc compress` runs).
+
+`dfc.video.open_video` + `fit_clips` read and fit one clip at a time; clips of equal length are encoded
+`batch_size` at a time, and only the kept latents (the output) are kept. Quality (`measure`) is summed
+per clip, so it needs no second copy of the video either.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dfc.container import ClipLatents, CompressedVideo, KeepSettings, stored_values
+from dfc.video import VideoInfo, check_clip_frames, fit_clips, open_video
+
+
+@dataclass
+class StreamedVideo:
+    cv: CompressedVideo
+    info: VideoInfo  # num_frames counted while reading
+    quality: dict[str, dict[str, float]] = field(default_factory=dict)  # dtype -> {"mse", "psnr"}
+
+
+class _Squares:
+    """Sum of squared errors over frames, for an MSE over the whole video."""
+
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def add(self, reference: np.ndarray, decoded: np.ndarray) -> None:
+        diff = reference.astype(np.float64) - np.clip(decoded, 0, 1).astype(np.float64)
+        self.total += float(np.sum(diff * diff))
+        self.count += diff.size
+
+    def result(self) -> dict[str, float]:
+        error = self.total / self.count
+        return {"mse": error, "psnr": float("inf") if error == 0 else float(10 * np.log10(1 / error))}
+
+
+def compress_stream(
+    vae,
+    path: str | os.PathLike,
+    *,
+    opened: tuple[VideoInfo, Iterator[np.ndarray]] | None = None,
+    weights_id: str,
+    mode: str = "threshold",
+    k: int | None = None,
+    keep_rate: float | None = None,
+    seed: int = 0,
+    clip_frames: int = 32,
+    fit: str = "crop",
+    latent_dtype: str = "bf16",
+    batch_size: int = 4,
+    measure: Sequence[str] = (),
+    max_frames: int | None = None,
+    on_frames: Callable[[int], None] | None = None,
+    extra: dict | None = None,
+) -> StreamedVideo:
+    """A video file (or PNG folder) -> `CompressedVideo`, reading and encoding `batch_size` clips at a time.
+
+    The same latents as `codec.compress_video` (same clips, same Bernoulli draws per clip index).
+    `measure`: latent dtypes whose decoded MSE/PSNR against the model-size input to report.
+    `on_frames(n)` is called as each batch of `n` frames is done (progress). `opened`: what
+    `dfc.video.open_video(path)` returned, when the caller opened the video already.
+    """
+    from dfc.codec import check_keep, compress_clip_batch, decode_clips, model_info
+
+    check_keep(mode, k, keep_rate)
+    cfg = vae.config
+    if opened is None:
+        check_clip_frames(clip_frames, cfg.max_temporal_len)  # before ffmpeg starts
+        opened = open_video(path, max_frames=max_frames)
+    info, frames = opened
+    crop, clips = fit_clips(
+        frames, info, clip_frames, cfg.height, cfg.width, fit, max_len=cfg.max_temporal_len, source=path
+    )
+    squares = {dtype: _Squares() for dtype in measure}
+    done: list[ClipLatents] = []
+    pending: list[tuple[int, int, np.ndarray]] = []
+
+    def flush() -> None:
+        encoded = compress_clip_batch(vae, pending, mode, k, keep_rate, seed)
+        for dtype, sums in squares.items():
+            stored = [
+                ClipLatents(c.start, c.num_frames, stored_values(c.latents, dtype), c.gaps) for c in encoded
+            ]
+            decoded = decode_clips(vae, stored, batch_size=batch_size)
+            sums.add(np.concatenate([clip for _, _, clip in pending]), decoded)
+        done.extend(encoded)
+        if on_frames is not None:
+            on_frames(sum(len(clip) for _, _, clip in pending))
+        pending.clear()
+
+    for index, (start, frames) in enumerate(clips):
+        if pending and (len(pending) == batch_size or len(frames) != len(pending[0][2])):
+            flush()
+        pending.append((index, start, frames))
+    flush()
+    num_frames = done[-1].start + done[-1].num_frames
+    notes = dict(extra or {})
+    if keep_rate is not None:
+        notes["keep_rate"] = keep_rate
+    cv = CompressedVideo(
+        fps=info.fps,
+        num_frames=num_frames,
+        crop=crop,
+        model=model_info(vae, weights_id),
+        keep=KeepSettings(mode=mode, k=k, seed=seed if mode == "bernoulli" else None),
+        clips=done,
+        clip_frames=clip_frames,
+        latent_dtype=latent_dtype,
+        source_name=Path(path).name,
+        extra=notes,
+    )
+    counted = VideoInfo(num_frames, info.fps, info.width, info.height)
+    return StreamedVideo(cv, counted, {dtype: sums.result() for dtype, sums in squares.items()})
