@@ -47,7 +47,6 @@ class ClipEvaluation:
     mse_all: float
     psnr_all: float
     ssim_all: float
-    ms_ssim_all: float
     mse_all_u8: float
     mse_bernoulli_mean: float
     mse_bernoulli_std: float
@@ -55,6 +54,7 @@ class ClipEvaluation:
     ssim_bernoulli: float
     mse_topk: dict[str, float] = field(default_factory=dict)
     keep_probability: list[float] = field(default_factory=list)
+    ms_ssim_all: float = math.nan  # NaN: rows written before MS-SSIM was measured, or frames under 11 px
 
     @property
     def label(self) -> str:
