@@ -116,8 +116,16 @@ def timed(
     }
 
 
-def matmul_peak(m: int = 2048, k: int = 1024, n: int = 4096, target_s: float = 3.0) -> dict:
-    """Achieved GFLOP/s of `(m,k) @ (k,n)` in fp32 and bf16, torch and jitted jax, median of several runs."""
+def matmul_peak(
+    m: int = 2048,
+    k: int = 1024,
+    n: int = 4096,
+    target_s: float = 3.0,
+    device: str = "cpu",
+    precisions: tuple[str, ...] = ("fp32", "bf16"),
+) -> dict:
+    """Achieved GFLOP/s of `(m,k) @ (k,n)`, torch (on `device`) and jitted jax (on its default device),
+    median of several runs. On CUDA each timed call waits for the device."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -128,11 +136,18 @@ def matmul_peak(m: int = 2048, k: int = 1024, n: int = 4096, target_s: float = 3
     rng = np.random.default_rng(0)
     a_np = rng.standard_normal((m, k), dtype=np.float32)
     b_np = rng.standard_normal((k, n), dtype=np.float32)
-    for name, tdt, jdt in (("fp32", torch.float32, jnp.float32), ("bf16", torch.bfloat16, jnp.bfloat16)):
-        a, b = torch.from_numpy(a_np).to(tdt), torch.from_numpy(b_np).to(tdt)
+    dtypes = {"fp32": (torch.float32, jnp.float32), "bf16": (torch.bfloat16, jnp.bfloat16)}
+    wait = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for name in precisions:
+        tdt, jdt = dtypes[name]
+        a, b = torch.from_numpy(a_np).to(device, tdt), torch.from_numpy(b_np).to(device, tdt)
         with torch.inference_mode():
             t = timed(
-                lambda a=a, b=b: torch.matmul(a, b), target_s, max_runs=15, min_runs=3, single_if_slow=2.0
+                lambda a=a, b=b: (torch.matmul(a, b), wait()),
+                target_s,
+                max_runs=15,
+                min_runs=3,
+                single_if_slow=2.0,
             )
         out[f"torch_{name}"] = {
             **t,

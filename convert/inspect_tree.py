@@ -44,6 +44,9 @@ class Listing:
     model_prefix: tuple[str, ...] = ()
     model_type: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    # what the table rules see: Flax names (Orbax, without prefix and `value`) or PyTorch names
+    names: dict[tuple[str, ...], str] = field(default_factory=dict)
+    torch_names: bool = False
 
     @property
     def model_bytes(self) -> int:
@@ -80,6 +83,7 @@ def _describe_orbax(path: Path, step: int | None) -> Listing:
         step=location.step,
         model_prefix=subtree.prefix,
         model_type=detect_model_type(subtree.leaves),
+        names={path: name for name, path in subtree.leaves.items()},
     )
 
 
@@ -96,6 +100,8 @@ def _describe_safetensors(path: Path) -> Listing:
         layout=f"{len(reader.files)} file(s)",
         model_type=reader.metadata.get("model_type") or _torch_model_type(leaves),
         metadata=dict(reader.metadata),
+        names={leaf.path: ".".join(leaf.path) for leaf in leaves},
+        torch_names=True,
     )
 
 
@@ -116,7 +122,13 @@ def _describe_pt(path: Path) -> Listing:
             )
         )
     return Listing(
-        kind="pt", location=path, leaves=leaves, layout="state dict", model_type=_torch_model_type(leaves)
+        kind="pt",
+        location=path,
+        leaves=leaves,
+        layout="state dict",
+        model_type=_torch_model_type(leaves),
+        names={leaf.path: ".".join(leaf.path) for leaf in leaves},
+        torch_names=True,
     )
 
 

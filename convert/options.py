@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.tables.base import Table
 from convert import safetensors_io as st
 
 DEFAULT_BATCH_BYTES = 32 << 20
@@ -19,9 +20,16 @@ class ConvertError(Exception):
     """Anything that stops a conversion, as one line for a person."""
 
 
+FLAX_KINDS = ("nnx", "linen")
+
+
 @dataclass
 class Options:
     model: str | None = None  # a key of `common.tables.TABLES`; detected when None
+    # a table of the caller's (`common.tables.load_table`): the model is what it says, with no
+    # configuration to infer or check (a registered table is given as `model` instead)
+    table: Table | None = None
+    flax: str = "nnx"  # the Orbax output's tree: "nnx" ({'model': state}) or "linen" ({'params': ...})
     config: str | None = None  # preset name, JSON file or directory with config.json
     dtype: str | None = None  # "float32" | "bfloat16"; None keeps every bit
     step: int | None = None

@@ -168,7 +168,12 @@ LAYOUT_DESCRIPTIONS = {
     "flax-0.11+": "model + optimizer with Adam moments, no model copy (flax 0.11 / 0.12)",
     "model-only": "model only, under 'model'",
     "bare-model": "model state at the top level",
+    "linen": "Flax Linen variables: the 'params' collection (other collections and training state not read)",
+    "model-linen": "model only, under 'model', as Flax Linen variables (its 'params' collection)",
 }
+# A Flax Linen model's weights: the `params` collection of its variables (`{'params': ..., 'batch_stats':
+# ...}`), saved alone, inside a TrainState (`{'step', 'params', 'opt_state'}`) or under 'model'.
+LINEN_PARAMS = "params"
 
 
 def find_model_subtree(paths: Sequence[tuple[str, ...]]) -> ModelSubtree:
@@ -183,10 +188,15 @@ def find_model_subtree(paths: Sequence[tuple[str, ...]]) -> ModelSubtree:
             layout = "flax-0.10" if has_copy else "flax-0.11+"
         else:
             layout = "model-only"
+    elif LINEN_PARAMS in tops:
+        prefix, layout = (LINEN_PARAMS,), "linen"
     elif "optimizer" in tops:
         raise CheckpointError("unknown checkpoint layout: an 'optimizer' subtree but no 'model' subtree")
     else:
         prefix, layout = (), "bare-model"
+    inside = {p[len(prefix)] for p in paths if p[: len(prefix)] == prefix and len(p) > len(prefix)}
+    if prefix == ("model",) and inside == {LINEN_PARAMS}:
+        prefix, layout = ("model", LINEN_PARAMS), "model-linen"
     model = [p for p in paths if p[: len(prefix)] == prefix]
     not_read: dict[str, int] = {}
     for p in paths:

@@ -17,7 +17,17 @@ from common.infer import ConfigMismatch
 from common.tables import TABLES
 from convert import safetensors_io as st
 from convert.checks import Checks
-from convert.options import DTYPES, TORCH_SUFFIXES, ConvertError, Log, Options, Progress, Report, quiet
+from convert.options import (
+    DTYPES,
+    FLAX_KINDS,
+    TORCH_SUFFIXES,
+    ConvertError,
+    Log,
+    Options,
+    Progress,
+    Report,
+    quiet,
+)
 from convert.orbax_io import CheckpointError
 from convert.to_orbax import safetensors_to_orbax
 from convert.to_safetensors import orbax_to_safetensors, pt_to_safetensors
@@ -39,6 +49,8 @@ def convert(
     checks = checks or Checks()
     if options.dtype is not None and options.dtype not in DTYPES:
         raise ConvertError(f"unknown --dtype {options.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if options.flax not in FLAX_KINDS:
+        raise ConvertError(f"unknown Flax kind {options.flax!r}; choose one of {', '.join(FLAX_KINDS)}")
     if options.model is not None and options.model not in TABLES:
         raise ConvertError(f"unknown --model {options.model!r}; choose one of {', '.join(TABLES)}")
     src, dst = Path(src), Path(dst)

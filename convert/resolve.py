@@ -53,6 +53,22 @@ def torch_named_model(requested: str | None, shapes: Mapping[str, tuple]) -> tup
     raise ConvertError(f"cannot tell whether these tensors are {models}; pass --model {flags}")
 
 
+NO_CONFIG = "no configuration: a table given by --table"
+
+
+def given_table(options, report: Report, names: Iterable[str], torch_names: bool = False) -> Table:
+    """The caller's table (`--table`): every name must match one of its rules."""
+    table = options.table
+    for name in names:
+        try:
+            table.kind_of_torch(name) if torch_names else table.kind_of(name)
+        except KeyError as err:
+            hint = "dfc inspect --table lists every leaf no rule matches"
+            raise ConvertError(f"{err.args[0]} ({hint})") from None
+    report.model_type, report.config, report.config_source = table.model_type, None, NO_CONFIG
+    return table
+
+
 def resolve_config(kind: str, shapes: Mapping[str, tuple], given: str | None, report: Report):
     """The given config checked against the shapes, or the inferred one."""
     if given is not None:

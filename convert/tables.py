@@ -5,12 +5,14 @@ The table says which layer kind each name is; `convert.layout` lays each array o
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from common.kinds import Kind
-from common.tables.base import ROPE_DROP_REASON, Table
+from common.tables.base import ROPE_DROP_REASON, Rule, Table
 from convert import layout
 
 
@@ -65,3 +67,33 @@ def torch_shapes(table: Table, flax_shapes: Iterable[tuple[str, tuple[int, ...]]
         if kind is not Kind.ROPE_CACHE:
             out[kind.torch_name(name)] = kind.torch_shape(tuple(shape))
     return out
+
+
+@dataclass(frozen=True)
+class Match:
+    """Which rule of a table a leaf name matched (`rule` None: none did) and what the leaf becomes."""
+
+    name: str
+    rule: Rule | None
+    becomes: str = ""  # the other framework's name, or why the leaf is dropped
+
+
+def match_rules(table: Table, names: Iterable[str], torch_names: bool = False) -> list[Match]:
+    """For each Flax name (or PyTorch name), the first rule that matches it, in the order given."""
+    out = []
+    for name in names:
+        rule = next((r for r in table.rules if _matches(r, name, torch_names)), None)
+        if rule is None:
+            out.append(Match(name, None))
+        elif rule.kind is Kind.ROPE_CACHE:
+            out.append(Match(name, rule, "(dropped: " + ROPE_DROP_REASON.split(":")[0] + ")"))
+        else:
+            kind = rule.kind
+            out.append(Match(name, rule, kind.flax_name(name) if torch_names else kind.torch_name(name)))
+    return out
+
+
+def _matches(rule: Rule, name: str, torch_names: bool) -> bool:
+    if torch_names:
+        return rule.kind is not Kind.ROPE_CACHE and fnmatch.fnmatchcase(name, rule.torch_pattern())
+    return fnmatch.fnmatchcase(name, rule.pattern)

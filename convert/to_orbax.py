@@ -6,6 +6,9 @@ stored as strings, so the target tells Orbax the real structure):
 
     restored = ocp.StandardCheckpointer().restore(path, {"model": nnx.state(model)})
     nnx.update(model, restored["model"])
+
+With `Options.flax = "linen"` (`dfc convert --flax linen`) the output is a Linen model's variables,
+`{'params': ...}`, restored with `ocp.StandardCheckpointer().restore(path)["params"]`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from convert import bits, layout, resolve
 from convert import safetensors_io as st
 from convert.checks import Checks, finish_shape_check, forward_check
 from convert.options import Check, ConvertError, Progress, Report, quiet
-from convert.orbax_io import ArrayStore, find_model_subtree, read_tree_paths, write_orbax
+from convert.orbax_io import LINEN_PARAMS, ArrayStore, find_model_subtree, read_tree_paths, write_orbax
 from convert.staging import commit, stage
 
 
@@ -30,12 +33,15 @@ def safetensors_to_orbax(src, dst, options, report, progress, log, checks: Check
     reader = st.SafetensorsReader(src)
     shapes = {k: t.shape for k, t in reader.tensors.items()}
     report.layout = "safetensors"
-    stored_type = reader.metadata.get("model_type")
-    requested = options.model or (stored_type if stored_type in TABLES else None)
-    report.model_type, flax = resolve.torch_named_model(requested, shapes)
-    table = TABLES[report.model_type]
-    config = None if options.config else resolve.stored_config(src, report.model_type, flax, report)
-    config = config or resolve.resolve_config(report.model_type, flax, options.config, report)
+    if options.table is not None:
+        table, config = resolve.given_table(options, report, shapes, torch_names=True), None
+    else:
+        stored_type = reader.metadata.get("model_type")
+        requested = options.model or (stored_type if stored_type in TABLES else None)
+        report.model_type, flax = resolve.torch_named_model(requested, shapes)
+        table = TABLES[report.model_type]
+        config = None if options.config else resolve.stored_config(src, report.model_type, flax, report)
+        config = config or resolve.resolve_config(report.model_type, flax, options.config, report)
     shape_check = checks.shape_check(config)  # overlaps the conversion
     try:
         flat: dict[str, np.ndarray] = {}  # what goes into the checkpoint
@@ -49,7 +55,7 @@ def safetensors_to_orbax(src, dst, options, report, progress, log, checks: Check
                 sources[name] if out_dtype == sources[name].dtype else sources[name].astype(out_dtype)
             )
             report.converted[key] = name
-        ropes = table.rope_reference(config)
+        ropes = table.rope_reference(config) if config is not None else {}
         flat.update(ropes)
         sources.update(ropes)
         report.dtype = resolve.dtype_label(flat[n].dtype for n in report.converted.values())
@@ -57,14 +63,14 @@ def safetensors_to_orbax(src, dst, options, report, progress, log, checks: Check
         on_bytes = progress(total) if progress else quiet
         with stage(dst, True, options) as staged:
             staged.tmp.rmdir()  # orbax creates the directory itself
-            write_orbax_checked(staged.tmp, {"model": nest_flat(flat)})
+            write_orbax_checked(staged.tmp, orbax_tree(flat, options.flax))
             finish_shape_check(checks, shape_check, shapes, report)
             checked = verify_orbax(staged.tmp, sources, options.batch_bytes, on_bytes)
             report.checks.append(
                 Check(
                     "re-read and compared with the source",
                     True,
-                    f"{checked} arrays (RoPE caches regenerated)",
+                    f"{checked} arrays" + (" (RoPE caches regenerated)" if ropes else ""),
                 )
             )
             recast = any(flat[n].dtype != sources[n].dtype for n in report.converted.values())
@@ -72,7 +78,7 @@ def safetensors_to_orbax(src, dst, options, report, progress, log, checks: Check
                 report.checks.append(
                     Check(checks.forward_name, None, "the dtype changed; run it without --dtype")
                 )
-            elif options.verify_forward:
+            elif options.verify_forward and config is not None:
                 log("forward check (child process)")
                 forward_check(checks, report, config, staged.tmp, "orbax", src, "safetensors")
             commit(staged)
@@ -82,6 +88,14 @@ def safetensors_to_orbax(src, dst, options, report, progress, log, checks: Check
         reader.close()
     report.destination, report.destination_format = dst, "orbax"
     return report
+
+
+def orbax_tree(flat: Mapping[str, np.ndarray], flax: str) -> dict:
+    """What a JAX user saves: an NNX model's state under 'model' (each array under `value`), or a Linen
+    model's variables (`{'params': ...}`)."""
+    if flax == "linen":
+        return {LINEN_PARAMS: nest_flat(flat, leaf_key=None)}
+    return {"model": nest_flat(flat)}
 
 
 def write_orbax_checked(path: Path, tree: dict) -> None:

@@ -47,7 +47,8 @@ from convert.torch_source import load_pt_arrays
 
 
 def metadata(report: Report, config) -> dict[str, str]:
-    return {
+    """Hugging Face's format marker and what the file came from; the configuration, when there is one."""
+    out = {
         "format": "pt",  # Hugging Face's marker for a PyTorch state dict
         "model_type": report.model_type,
         "source_format": report.source_format,
@@ -55,8 +56,10 @@ def metadata(report: Report, config) -> dict[str, str]:
         "source_step": "" if report.step is None else str(report.step),
         "dtype": report.dtype,
         "tool": f"dfc {tool_version()}",
-        "config": json.dumps(config.to_dict(), separators=(",", ":")),
     }
+    if config is not None:
+        out["config"] = json.dumps(config.to_dict(), separators=(",", ":"))
+    return out
 
 
 @dataclass
@@ -64,7 +67,7 @@ class SafetensorsJob:
     """Everything `write_safetensors` needs: the plan, the source batches and the pending checks."""
 
     dst: Path
-    config: object  # the model's configuration dataclass
+    config: object | None  # the model's configuration dataclass; None for a table of the caller's
     planned: dict[str, Planned]
     batches: Iterable[list[tuple[str, np.ndarray]]]
     checks: Checks
@@ -102,13 +105,13 @@ def write_safetensors(job: SafetensorsJob, options: Options, report: Report, pro
         report.checks.append(
             Check("re-read and compared with the source", True, f"{checked} tensors, {what}")
         )
-        if not single_file:
+        if not single_file and job.config is not None:
             st.write_text(staged.tmp / st.CONFIG_FILE, config_to_json(job.config), sync=options.sync)
         parsers = check_written(files, job.planned)
         report.checks.append(Check("written headers re-parsed", True, f"{len(specs)} tensors, by {parsers}"))
         found = {spec.name: spec.shape for spec in specs}
         finish_shape_check(job.checks, job.shape_check, found, report)
-        if options.verify_forward and job.forward_reference is not None:
+        if options.verify_forward and job.forward_reference is not None and job.config is not None:
             log("forward check (child process)")
             reference, reference_format = job.forward_reference
             rounded_to = options.dtype if options.dtype == "bfloat16" else None
@@ -128,6 +131,8 @@ def write_safetensors(job: SafetensorsJob, options: Options, report: Report, pro
         [job.dst] if single_file else [job.dst / f.name for f in files] + [job.dst / st.CONFIG_FILE]
     )
     report.bytes_written = sum(spec.nbytes for spec in specs)
+    if job.config is None and not single_file:
+        report.files.remove(job.dst / st.CONFIG_FILE)
     return report
 
 
@@ -140,12 +145,14 @@ def orbax_to_safetensors(src, dst, options, report, progress, log, checks: Check
     names = sorted(subtree.leaves)
     infos = dict(zip(names, store.infos([subtree.leaves[n] for n in names])))
     shapes = {n: info.shape for n, info in infos.items()}
-    report.model_type = resolve.model_type(options.model, shapes)
-    table = TABLES[report.model_type]
-    kinds = resolve.kinds(table, shapes)
-    config = resolve.resolve_config(report.model_type, shapes, options.config, report)
-
+    if options.table is not None:
+        table, config = resolve.given_table(options, report, names), None
+    else:
+        report.model_type = resolve.model_type(options.model, shapes)
+        table = TABLES[report.model_type]
+        config = resolve.resolve_config(report.model_type, shapes, options.config, report)
     shape_check = checks.shape_check(config)  # overlaps the conversion
+    kinds = resolve.kinds(table, shapes)
     try:
         params = [n for n in names if kinds[n] is not Kind.ROPE_CACHE]
         # The reader starts now, so that the first batch arrives while the RoPE caches are checked. Each
@@ -159,7 +166,9 @@ def orbax_to_safetensors(src, dst, options, report, progress, log, checks: Check
         )
 
         ropes = [n for n in names if kinds[n] is Kind.ROPE_CACHE]
-        if ropes:
+        if ropes and config is None:
+            report.checks.append(Check("RoPE caches", None, "no configuration to check them against"))
+        elif ropes:
             caches = store.read([infos[n] for n in ropes])
             verdict = check_ropes(table, config, {n: caches[infos[n].key] for n in ropes})
             report.checks.append(Check("RoPE caches", True, verdict))
@@ -190,11 +199,17 @@ def pt_to_safetensors(src, dst, options, report, progress, log, checks: Checks) 
     arrays = load_pt_arrays(src)
     shapes = {k: tuple(a.shape) for k, a in arrays.items()}
     report.layout = "published state dict"
-    report.model_type, flax = resolve.torch_named_model(options.model, shapes)
-    config = resolve.resolve_config(report.model_type, flax, options.config, report)
-    # torch is loaded already (it read the file): the caller may answer in this process, no child needed
-    expected = checks.shapes_here(config) if checks.shapes_here is not None else None
-    if expected is None:
+    if options.table is not None:
+        resolve.given_table(options, report, shapes, torch_names=True)
+        config = expected = None
+    else:
+        report.model_type, flax = resolve.torch_named_model(options.model, shapes)
+        config = resolve.resolve_config(report.model_type, flax, options.config, report)
+        # torch is loaded already (it read the file): the caller may answer here, no child needed
+        expected = checks.shapes_here(config) if checks.shapes_here is not None else None
+    if config is None:
+        shape_check = checks.shape_check(None)
+    elif expected is None:
         shape_check = Answered({"skipped": f"{checks.implementation} is not importable"})
     else:
         compare_shapes(expected, shapes, f"{src.name} against {checks.implementation}")  # before writing

@@ -14,7 +14,7 @@ from dfc.errors import UserError
 COMMANDS = {
     "convert": "Convert an Orbax checkpoint or a published .pt to safetensors (and back)",
     "inspect": "Show the tree of an Orbax checkpoint, a safetensors file/directory or a .pt",
-    "parity": "Layer-by-layer parity of torch_impl against jax_ref",
+    "parity": "Layer-by-layer parity of a torch port against its Flax model (suite: vae, dit, all or yours)",
     "compress": "Compress a video into a .dfc file",
     "decompress": "Decompress a .dfc file into a video",
     "generate": "Generate videos with the DiT and decode them with the VAE",

@@ -200,7 +200,7 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         phases.start("parity", "dfc parity (fp32, the converted weights against the checkpoint in jax_ref)")
         argv = [
             "parity",
-            "--model",
+            "--suite",
             "vae",
             "--orbax",
             str(checkpoint),

@@ -1,11 +1,16 @@
-"""Capture every Flax NNX submodule call in eager mode, and replay single modules on given inputs.
+"""Capture every Flax submodule call (NNX and Linen) in eager mode, and replay single modules on given inputs.
 
 NNX modules are plain Python objects called through their class's `__call__`, so for the duration of a
 capture each module class gets a wrapper that records `(inputs, output)` of the instances tagged with a
 path; everything else passes straight through. The tag is a static attribute, so it survives the
-split/merge of `nnx.jit` (a jitted sampler step runs on copies of the modules). Captures run under
-`jax.disable_jit()`: values are concrete, and every op rounds as eager execution does (XLA may fuse
-away bf16 roundings under jit), so reports can state one execution mode for the whole run.
+split/merge of `nnx.jit` (a jitted sampler step runs on copies of the modules).
+
+Linen modules are captured through flax's own method interception (`nn.intercept_methods`): every
+`__call__` of a module bound to a model's variables is recorded under the module's `path`, which is its
+path in the parameter tree, so a Linen model and an NNX model of the same architecture pair up alike.
+
+Captures run under `jax.disable_jit()`: values are concrete, and every op rounds as eager execution does
+(XLA may fuse away bf16 roundings under jit), so reports can state one execution mode for the whole run.
 """
 
 from __future__ import annotations
@@ -20,28 +25,21 @@ import numpy as np
 from flax import nnx
 
 from parity.capture import Call, Capture, Recorded, Recorder, as_numpy, qualified, replay_inputs
+from parity.jax_models import LinenModel
 
 _ABSENT = object()
 
 
 class JaxFramework:
-    """What a case needs from a framework, JAX flavour (see `parity.cases`)."""
+    """What a case needs from a framework, JAX flavour (see `parity.suite.Case`)."""
 
     name = "jax"
-
-    def __init__(self):
-        import jax_ref
-
-        self.ns = jax_ref
 
     def asarray(self, array: np.ndarray) -> jax.Array:
         return jnp.asarray(array)
 
     def numpy(self, value: Any) -> np.ndarray:
         return np.asarray(jax.device_get(value))
-
-    def fill_token(self, vae) -> jax.Array:
-        return vae.fill_token.value
 
 
 class JaxRecorder(Recorder):
@@ -63,10 +61,11 @@ class JaxRecorder(Recorder):
         return recorded
 
 
-def module_paths(models: Mapping[str, nnx.Module]) -> dict[str, nnx.Module]:
-    """`{path: module}` of every module of every model (root included, as `""`)."""
+def module_paths(models: Mapping[str, nnx.Module], several: bool | None = None) -> dict[str, nnx.Module]:
+    """`{path: module}` of every module of every model (root included, as `""`); paths carry the model's
+    name when the case runs `several` models (default: when `models` has more than one)."""
     found = {}
-    several = len(models) > 1
+    several = len(models) > 1 if several is None else several
     for name, model in models.items():
         for parts, node in nnx.iter_graph(model):
             if isinstance(node, nnx.Module):
@@ -124,22 +123,63 @@ def recording(modules: Mapping[str, nnx.Module], recorder: Recorder) -> Iterator
                 delattr(module, _TAG)
 
 
+@contextmanager
+def linen_recording(models: Mapping[str, LinenModel], recorder: Recorder) -> Iterator[dict[str, Any]]:
+    """Within the block, every `__call__` of a module of a Linen model in `models` is reported to `recorder`
+    under its parameter-tree path, and remembered on the model (unbound, with its variables) for replay.
+    Yields the models bound to their variables, which is what the case calls."""
+    from flax import linen as nn
+
+    several = len(models) > 1
+    owners: dict[int, tuple[str, LinenModel]] = {}  # id of a bound model's root scope -> (name, model)
+    bound = {}
+    for name, model in models.items():
+        bound[name] = model.bound()
+        owners[id(bound[name].scope.root)] = (name, model)
+    active: set[str] = set()
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        owner = owners.get(id(module.scope.root)) if module.scope is not None else None
+        if context.method_name != "__call__" or owner is None:
+            return next_fun(*args, **kwargs)
+        name, model = owner
+        path = qualified(name, ".".join(str(p) for p in module.path), several)
+        if path in active:  # a subclass calling super().__call__: one call
+            return next_fun(*args, **kwargs)
+        if path not in model.submodules:
+            model.submodules[path] = (module.clone(parent=None), module.variables)
+        active.add(path)
+        recorder.begin(path)
+        try:
+            output = next_fun(*args, **kwargs)
+        finally:
+            active.discard(path)
+        recorder.end(path, type(module).__name__, args, kwargs, output)
+        return output
+
+    with nn.intercept_methods(interceptor), jax.disable_jit():
+        yield bound
+
+
 class JaxSide:
-    """One JAX run of a case: the fp32 reference or a bf16 run with one flax-era norm numerics."""
+    """One JAX run of a case: the fp32 reference or one bf16 variant. Models may be NNX or Linen."""
 
     framework = "jax"
 
-    def __init__(self, name: str, models: Mapping[str, nnx.Module]):
+    def __init__(self, name: str, models: Mapping[str, Any]):
         self.name = name
         self.models = dict(models)
-        self.modules = module_paths(self.models)
+        self.nnx = {k: m for k, m in self.models.items() if not isinstance(m, LinenModel)}
+        self.linen = {k: m for k, m in self.models.items() if isinstance(m, LinenModel)}
+        self.modules = module_paths(self.nnx, len(self.models) > 1)
         self.fw = JaxFramework()
 
     def capture(self, case, inputs: Mapping[str, np.ndarray], keep_inputs: bool = True) -> Capture:
         recorder = JaxRecorder(case.step_path, keep_inputs)
         native = {k: self.fw.asarray(v) for k, v in inputs.items()}
-        with recording(self.modules, recorder):
-            output = case.run(self.fw, self.models, native)
+        with recording(self.modules, recorder), linen_recording(self.linen, recorder) as bound:
+            output = case.run(self.fw, {**self.models, **bound}, native)
         recorder.capture.output = recorder.flatten("", output)
         return recorder.capture
 
@@ -147,9 +187,18 @@ class JaxSide:
         """Run the module of `own` alone on the reference's inputs (cast to this side's dtypes)."""
         args, kwargs = replay_inputs(own, reference, _to_jax)
         with jax.disable_jit():
-            output = self.modules[own.path](*args, **kwargs)
-        recorder = JaxRecorder()
-        return recorder.flatten(own.path, output)
+            if own.path in self.modules:
+                output = self.modules[own.path](*args, **kwargs)
+            else:
+                module, variables = self._linen_module(own.path)
+                output = module.apply(variables, *args, **kwargs)
+        return JaxRecorder().flatten(own.path, output)
+
+    def _linen_module(self, path: str):
+        for model in self.linen.values():
+            if path in model.submodules:
+                return model.submodules[path]
+        raise KeyError(f"{path}: no module at this path was called in the capture")
 
 
 def _to_jax(reference: Recorded, own: Recorded) -> jax.Array:

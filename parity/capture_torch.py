@@ -1,9 +1,9 @@
 """Capture every PyTorch submodule call with forward hooks, and replay single modules on given inputs.
 
 A module's path is its `named_modules()` name, i.e. its state-dict prefix, which the conversion table
-keeps equal to the flax path. Activations that torch keeps channels-first inside a block (the UNet's
-`(B, C, T, H, W)`) are moved to the reference's channels-last layout on the way in, and back on replay;
-which paths those are is the subject's `channels_first` list, never guessed from shapes.
+keeps equal to the flax path. 5-D activations that a torch port keeps channels-first inside a block
+(`(B, C, T, H, W)`, as torch's Conv3d wants) are moved to the reference's channels-last layout on the way
+in, and back on replay; which paths those are is the subject's `channels_first` list, never guessed.
 """
 
 from __future__ import annotations
@@ -21,14 +21,11 @@ from parity.capture import Call, Capture, Recorded, Recorder, as_numpy, qualifie
 
 
 class TorchFramework:
-    """What a case needs from a framework, PyTorch flavour (see `parity.cases`)."""
+    """What a case needs from a framework, PyTorch flavour (see `parity.suite.Case`)."""
 
     name = "torch"
 
     def __init__(self, device: str | torch.device = "cpu"):
-        import torch_impl
-
-        self.ns = torch_impl
         self.device = torch.device(device)
 
     def asarray(self, array: np.ndarray) -> torch.Tensor:
@@ -36,9 +33,6 @@ class TorchFramework:
 
     def numpy(self, value: Any) -> np.ndarray:
         return _host(value) if isinstance(value, torch.Tensor) else np.asarray(value)
-
-    def fill_token(self, vae) -> torch.Tensor:
-        return vae.fill_token
 
 
 def _host(tensor: torch.Tensor) -> np.ndarray:
@@ -80,13 +74,16 @@ class TorchRecorder(Recorder):
         return Recorded(dtype_name(leaf.dtype), shape, value)
 
 
-def module_paths(models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+def module_paths(models: Mapping[str, nn.Module], renames: Mapping[str, str] = {}) -> dict[str, nn.Module]:
+    """`{path: module}` of every module of every model; `renames` maps a torch path to the reference's name
+    for the same module where the two differ (a subject's `paths`)."""
     several = len(models) > 1
-    return {
-        qualified(name, path, several): module
-        for name, model in models.items()
-        for path, module in model.named_modules()
-    }
+    found = {}
+    for name, model in models.items():
+        for path, module in model.named_modules():
+            path = qualified(name, path, several)
+            found[renames.get(path, path)] = module
+    return found
 
 
 @contextmanager
@@ -120,10 +117,11 @@ class TorchSide:
         models: Mapping[str, nn.Module],
         device: str = "cpu",
         channels_first: Sequence[str] = (),
+        renames: Mapping[str, str] = {},
     ):
         self.name = name
         self.models = {k: m.eval() for k, m in models.items()}
-        self.modules = module_paths(self.models)
+        self.modules = module_paths(self.models, renames)
         self.fw = TorchFramework(device)
         self.channels_first = channels_first_rule(channels_first)
 

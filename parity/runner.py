@@ -16,42 +16,70 @@ from typing import Any
 
 import numpy as np
 
-from common.precision import NormNumerics, Precision
 from parity.capture import Capture, Recorded, call_key, display_path
-from parity.cases import Case
 from parity.environment import PINNED, Pins
 from parity.judge import FP32_JUDGE, Row, judge_row
 from parity.results import CaseResult
-from parity.subjects import Subject
+from parity.suite import BF16, Case, Subject
 
 MODES = ("carried", "isolated")
-# The flax-era numerics each torch policy is built to reproduce (common.precision); the verdict of a
-# bf16 run is against this pairing unless another judge is asked for. The report measures both.
-NATURAL_NUMERICS = {Precision.BF16: NormNumerics.FLAX_0_12_1, Precision.MIXED: NormNumerics.FLAX_0_10}
+FP32 = "fp32"
+ALL_VARIANTS = ("*",)  # every variant the subjects declare
+
+
+def _name(value) -> str:
+    """A policy or variant as its name (enums of str, such as `common.precision`'s, by value)."""
+    return str(getattr(value, "value", value))
 
 
 @dataclass(frozen=True)
 class Settings:
-    precision: Precision = Precision.FP32
-    numerics: tuple[NormNumerics, ...] = tuple(NormNumerics)
+    """How a run is made. `precision` is the torch policy under test (`fp32`, `bf16`, or a policy the
+    subjects define); `numerics` are the variants of the JAX bf16 run to measure, each a judge (default:
+    every variant the subjects declare, or one plain `bf16` run); `judge` the one the verdict is against
+    (default: the variant the subjects name as the policy's natural one, else the first)."""
+
+    precision: Any = FP32
+    numerics: tuple = ALL_VARIANTS
     modes: tuple[str, ...] = MODES
     device: str = "cpu"
     seed: int = 0
     pins: Pins = PINNED
-    judge: str | None = None  # None: fp32, or the policy's natural numerics
+    judge: str | None = None
+    natural: tuple[tuple[str, str], ...] = ()  # (policy, variant) pairs, from the subjects
+
+    @property
+    def is_fp32(self) -> bool:
+        return _name(self.precision) == FP32
+
+    @property
+    def variants(self) -> list[str]:
+        return [_name(n) for n in self.numerics if _name(n) != "*"] or [BF16]
 
     @property
     def judges(self) -> list[str]:
-        return [FP32_JUDGE] if self.precision is Precision.FP32 else [n.value for n in self.numerics]
+        return [FP32_JUDGE] if self.is_fp32 else self.variants
 
     @property
     def verdict_judge(self) -> str:
-        if self.precision is Precision.FP32:
+        if self.is_fp32:
             return FP32_JUDGE
         if self.judge:
-            return self.judge
-        natural = NATURAL_NUMERICS[self.precision].value
+            return _name(self.judge)
+        natural = dict(self.natural).get(_name(self.precision))
         return natural if natural in self.judges else self.judges[0]
+
+    def for_subjects(self, subjects: Mapping[str, Subject]) -> Settings:
+        """These settings with `*` spelled out as the subjects' variants and their natural pairings."""
+        declared: list[str] = []
+        natural: dict[str, str] = {}
+        for subject in subjects.values():
+            declared += [v for v in subject.variants if v not in declared]
+            natural.update({_name(k): _name(v) for k, v in subject.natural.items()})
+        numerics = tuple(
+            v for n in self.numerics for v in ((declared or [BF16]) if _name(n) == "*" else [_name(n)])
+        )
+        return replace(self, numerics=tuple(dict.fromkeys(numerics)), natural=tuple(natural.items()))
 
 
 @dataclass
@@ -72,17 +100,15 @@ class Lineup:
         """The same lineup (and cache) with other torch models."""
         return replace(self, torch={**self.torch, **models})
 
-    def for_precision(self, precision: Precision) -> Lineup:
+    def for_precision(self, precision) -> Lineup:
         """The same JAX runs (and cache) against torch models converted again under another policy."""
         from parity.transfer import torch_model
 
         settings = replace(self.settings, precision=precision)
-        if (precision is Precision.FP32) != (self.settings.precision is Precision.FP32):
+        if settings.is_fp32 != self.settings.is_fp32:
             raise ValueError("for_precision switches between bf16 policies; fp32 has no JAX bf16 runs")
         models = {
-            name: torch_model(
-                s.build_torch, self.weights[name], s.table, s.prefix, precision, settings.device
-            )
+            name: torch_model(s, self.weights[name], settings.precision, settings.device)
             for name, s in self.subjects.items()
         }
         return replace(self, settings=settings, torch=models)
@@ -106,25 +132,20 @@ class Lineup:
 
         from parity.transfer import jax_model, reference_weights, torch_model
 
+        settings = settings.for_subjects(subjects)
         lineup = cls(dict(subjects), settings)
         for name, s in subjects.items():
-            flat = (
-                dict(weights[name])
-                if weights and name in weights
-                else reference_weights(s.build_jax, settings.seed)
-            )
+            flat = dict(weights[name]) if weights and name in weights else reference_weights(s, settings.seed)
             lineup.weights[name] = flat
-            lineup.reference[name] = jax_model(s.build_jax, flat, jnp.float32, NormNumerics.FLAX_0_10)
-            if settings.precision is not Precision.FP32:
-                for numerics in settings.numerics:
-                    model = jax_model(s.build_jax, flat, jnp.bfloat16, numerics)
-                    lineup.jax.setdefault(numerics.value, {})[name] = model
+            lineup.reference[name] = jax_model(s, flat, jnp.float32, None)
+            if not settings.is_fp32:
+                for variant in settings.variants:
+                    model = jax_model(s, flat, jnp.bfloat16, variant)
+                    lineup.jax.setdefault(variant, {})[name] = model
             if torch_models and name in torch_models:
                 lineup.torch[name] = torch_models[name]
             else:
-                lineup.torch[name] = torch_model(
-                    s.build_torch, flat, s.table, s.prefix, settings.precision, settings.device
-                )
+                lineup.torch[name] = torch_model(s, flat, settings.precision, settings.device)
         return lineup
 
     def sides(self, case: Case):
@@ -136,9 +157,24 @@ class Lineup:
         reference = JaxSide("reference", pick(self.reference))
         jax_sides = {judge: JaxSide(f"jax bf16 {judge}", pick(models)) for judge, models in self.jax.items()}
         torch_side = TorchSide(
-            f"torch {self.settings.precision.value}", pick(self.torch), self.settings.device, channels_first
+            f"torch {_name(self.settings.precision)}",
+            pick(self.torch),
+            self.settings.device,
+            channels_first,
+            {torch: ref for ref, torch in _paths(self.subjects, case).items() if torch is not None},
         )
         return reference, jax_sides, torch_side
+
+
+def _paths(subjects: Mapping[str, Subject], case: Case) -> dict[str, str | None]:
+    """The subjects' `paths` (reference path -> torch path or None), qualified as the case's calls are."""
+    several = len(case.models) > 1
+    out = {}
+    for name in case.models:
+        for ref, torch in subjects[name].paths.items():
+            key = f"{name}/{ref}" if several else ref
+            out[key] = None if torch is None else (f"{name}/{torch}" if several else torch)
+    return out
 
 
 def _qualified(subject: Subject, case: Case) -> tuple[str, ...]:
@@ -272,6 +308,8 @@ def run_case(case: Case, lineup: Lineup, inputs: Mapping[str, np.ndarray] | None
                 for j in jax_caps
             }
         result.rows = _rows(case, result.mode, reference, torch_out, jax_out, torch_cap, jax_caps, judges)
+        unpaired = {ref for ref, torch in _paths(lineup.subjects, case).items() if torch is None}
+        result.rows = [row for row in result.rows if row.path not in unpaired]
         result.only_torch = [k for k in torch_cap.calls if k not in reference.calls]
     return results
 
@@ -303,13 +341,12 @@ def run(
 
     with pinned(settings.pins, settings.device) as environment:
         lineup = Lineup.build(subjects, settings, weights, torch_models)
+        settings = lineup.settings
         result = RunResult(
             title=title,
             settings={
-                "precision": settings.precision.value,
-                "numerics": [n.value for n in settings.numerics]
-                if settings.precision is not Precision.FP32
-                else [],
+                "precision": _name(settings.precision),
+                "numerics": [] if settings.is_fp32 else settings.variants,
                 "modes": list(settings.modes),
                 "device": settings.device,
                 "seed": settings.seed,
@@ -335,6 +372,6 @@ def _describe_subject(subject: Subject) -> dict[str, Any]:
     cfg = subject.config
     return {
         "config": cfg.to_dict() if hasattr(cfg, "to_dict") else repr(cfg),
-        "table": subject.table.model_type,
+        "table": getattr(subject.table, "model_type", getattr(subject.table, "name", repr(subject.table))),
         "prefix": subject.prefix,
     }

@@ -1,94 +1,66 @@
-"""One set of fp32 weights into every model of a parity run, moved to torch only through `convert.tables`.
+"""One set of fp32 weights into every model of a parity run, moved to torch only through the conversion table.
 
-The JAX models are built abstractly (`nnx.eval_shape`: no initialiser runs, which in eager JAX would
-compile one kernel per shape) and then filled: the reference with seeded random values for every
-parameter (zero-initialised ones included, or a conversion bug in them would hide), the bf16 runs with
-the reference's exact leaves. The torch model gets the same leaves through `flax_to_torch`, the one
-name/layout table of the project, and loads them strictly.
+The reference gets seeded random values for every parameter (zero-initialised ones included, or a
+conversion bug in them would hide) unless weights are given; the bf16 runs get the reference's exact
+leaves. The torch model gets the same leaves through `flax_to_torch` with the subject's table, the one
+name/layout table of the model, and loads them strictly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
-from common.precision import NormNumerics, Precision
-from common.rope import rope_tables
-from common.tables import ROPE_LEAVES, Table
 from convert.tables import flax_to_torch
+from parity.jax_models import jax_model, random_weights
 
-JaxBuilder = Callable[..., object]  # (dtype, numerics) -> nnx.Module
-TorchBuilder = Callable[[], object]  # () -> torch.nn.Module
-
-
-def abstract_jax_model(build: JaxBuilder, dtype, numerics: NormNumerics):
-    from flax import nnx
-
-    return nnx.eval_shape(lambda: build(dtype, numerics))
+__all__ = ["cast_torch", "jax_model", "reference_weights", "torch_model"]
 
 
-def _fill_rope_caches(module) -> None:
-    """RoPE caches are a pure function of their shape `(1, max_len, 1, head_dim)`."""
-    import jax
-    import jax.numpy as jnp
-
-    from jax_ref.params import variables
-
-    for name, var in variables(module):
-        leaf = name.rpartition(".")[2]
-        if leaf in ROPE_LEAVES and not isinstance(var.value, jax.Array):
-            _, max_len, _, head_dim = var.value.shape
-            cos, sin = rope_tables(max_len, head_dim)
-            var.value = jnp.asarray(cos if leaf == "cos_cached" else sin)
+def reference_weights(subject, seed: int) -> dict[str, np.ndarray]:
+    """Seeded random fp32 leaves of the subject's JAX model."""
+    return random_weights(subject, seed)
 
 
-def reference_weights(build: JaxBuilder, seed: int) -> dict[str, np.ndarray]:
-    """Seeded random fp32 leaves of the model `build` makes (every Param random, true RoPE caches)."""
-    import jax.numpy as jnp
+def cast_torch(subject, model, precision: str):
+    """The torch model under the policy named `precision`: the subject's own policies, or fp32 / bf16."""
+    import torch
 
-    from jax_ref.params import randomize, state_to_flat
-
-    module = abstract_jax_model(build, jnp.float32, NormNumerics.FLAX_0_10)
-    randomize(module, seed)
-    _fill_rope_caches(module)
-    return state_to_flat(module)
-
-
-def jax_model(build: JaxBuilder, flat: Mapping[str, np.ndarray], dtype, numerics: NormNumerics):
-    """A JAX model in compute `dtype` (params fp32) holding exactly `flat`."""
-    from jax_ref.params import load_flat
-
-    module = abstract_jax_model(build, dtype, numerics)
-    load_flat(module, flat)
-    return module
+    name = getattr(precision, "value", precision)
+    if name not in subject.precisions:
+        known = ", ".join(subject.precisions)
+        raise ValueError(f"subject {subject.name}: no torch precision policy {name!r} (it knows {known})")
+    if subject.cast_torch is not None:
+        return subject.cast_torch(model, name)
+    return model.float() if name == "fp32" else model.to(torch.bfloat16)
 
 
-def torch_model(
-    build: TorchBuilder,
-    flat: Mapping[str, np.ndarray],
-    table: Table,
-    prefix: str,
-    precision: Precision,
-    device: str = "cpu",
-):
-    """A torch model holding `flat` (converted by `table`), cast to `precision`, in eval mode.
+def _on_meta(model) -> list[str]:
+    return [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
 
-    `prefix` places a lone block inside its model (`"encoder.layers.0."`) so the model's rules apply.
-    Built on the meta device and assigned in place; RoPE caches are then recomputed by the model.
+
+def torch_model(subject, flat: Mapping[str, np.ndarray], precision: str, device: str = "cpu"):
+    """The subject's torch model holding `flat` (converted by its table), cast to `precision`, in eval mode.
+
+    Built on the meta device and assigned in place (nothing is allocated twice); what the weights do not
+    give (buffers computed at construction) is the subject's `prepare_torch` to recompute. A model that
+    still has such buffers is built again normally and loaded by copy.
     """
     import torch
 
-    from torch_impl.precision import apply_precision
-
-    state, _dropped = flax_to_torch(table, flat, prefix)
-    with torch.device("meta"):
-        model = build()
+    state, _dropped = flax_to_torch(subject.table, flat, subject.prefix)
     # arrays the table laid out afresh are handed over without a copy; views of `flat` are copied
     tensors = {k: torch.from_numpy(v) if v.flags.writeable else torch.tensor(v) for k, v in state.items()}
     del state
+    with torch.device("meta"):
+        model = subject.build_torch()
     model.load_state_dict(tensors, strict=True, assign=True)
-    for module in model.modules():
-        if hasattr(module, "reset_caches"):
-            module.reset_caches()
-    return apply_precision(model, precision).to(device).eval()
+    if subject.prepare_torch is not None:
+        subject.prepare_torch(model)
+    if _on_meta(model):
+        model = subject.build_torch()
+        model.load_state_dict(tensors, strict=True)
+        if subject.prepare_torch is not None:
+            subject.prepare_torch(model)
+    return cast_torch(subject, model, precision).to(device).eval()

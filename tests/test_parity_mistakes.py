@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from common import PRESETS, Precision
-from parity import cases as C
 from parity.environment import pinned
-from parity.mistakes import catalogue
-from parity.runner import NATURAL_NUMERICS, Lineup, Settings, run_case
-from parity.subjects import block_subject, dit_subject, vae_subject
+from parity.runner import Lineup, Settings, run_case
+from parity.suites.vae_dit import cases as C
+from parity.suites.vae_dit.mistakes import catalogue
+from parity.suites.vae_dit.subjects import NATURAL_NUMERICS, block_subject, dit_subject, vae_subject
 
 MISTAKES = catalogue(steps=C.SAMPLER_STEPS)
 CASES = {c.name: c for c in C.vae_cases() + C.dit_cases()}

@@ -36,11 +36,15 @@ class Rule:
         return f"{head}.{self.kind.torch_leaf}" if leaf == self.kind.flax_leaf else self.pattern
 
 
+def no_rope_caches(config: object) -> dict[str, tuple[int, int]]:
+    return {}
+
+
 @dataclass(frozen=True)
 class Table:
     model_type: str
     rules: tuple[Rule, ...]
-    rope_caches: Callable[[object], dict[str, tuple[int, int]]]
+    rope_caches: Callable[[object], dict[str, tuple[int, int]]] = no_rope_caches
     """config -> {flax name of each RoPE cache: (max_len, head_dim)}."""
     label: str = ""  # how messages name the model ("DiT"); `model_type` in capitals when empty
 

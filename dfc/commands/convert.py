@@ -36,8 +36,22 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         help="a directory (weights + config.json) or a .safetensors file; for a safetensors source, the "
         "Orbax checkpoint directory to write",
     )
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--model", choices=tuple(TABLES), help="model kind (default: detected from the tensors)"
+    )
+    which.add_argument(
+        "--table",
+        metavar="MODULE:NAME",
+        help="the conversion table (a common.tables.Table) of any model: MODULE:NAME, where MODULE is a "
+        "dotted module or path/to/file.py; or a registered name (vae, dit: the same as --model)",
+    )
+    parser.add_argument(
+        "--flax",
+        choices=("nnx", "linen"),
+        default="nnx",
+        help="for an Orbax output: the tree to write, an NNX model's state under 'model' (default) or a "
+        "Linen model's variables {'params': ...}",
     )
     parser.add_argument(
         "--config",
@@ -81,8 +95,21 @@ def run(args: argparse.Namespace) -> int:
     from convert.options import ConvertError, Options
     from dfc.convert_checks import convert
 
+    model, table = None, None
+    if args.table or args.model:  # --model vae is --table vae: a registered table, found like any other
+        from common.plugins import PluginError
+        from common.tables import load_table, registered_name
+
+        try:
+            table = load_table(args.table or args.model)
+        except PluginError as err:
+            raise UserError(str(err)) from None
+        model = registered_name(table)  # a registered model: its configuration is inferred and checked
+        table = None if model else table
     options = Options(
-        model=args.model,
+        model=model,
+        table=table,
+        flax=args.flax,
         config=args.config,
         dtype=args.dtype,
         step=args.step,

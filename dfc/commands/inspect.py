@@ -16,6 +16,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--depth", type=int, default=4, metavar="D", help="tree levels to show (default: 4)")
     parser.add_argument("--all", action="store_true", help="list every leaf: path, shape, dtype, bytes")
+    parser.add_argument(
+        "--table",
+        metavar="MODULE:NAME",
+        help="a conversion table (MODULE:NAME, MODULE dotted or path/to/file.py, or vae, dit): show "
+        "which rule matches each model leaf and what it becomes, and list the leaves no rule matches",
+    )
 
 
 def _size(n: int) -> str:
@@ -32,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from convert.orbax_io import CheckpointError
     from convert.safetensors_io import SafetensorsError
 
+    table = _table(args.table) if args.table else None
     try:
         listing = describe(args.path, args.step)
     except (CheckpointError, ConvertError, SafetensorsError) as err:
@@ -53,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     for key, value in sorted(listing.metadata.items()):
         if key != "config":
             print(f"  {key}: {value}")
+    if table is not None:
+        return _print_matches(listing, table, args.table)
     if args.all:
         for leaf in listing.leaves:
             mark = "model" if leaf.in_model else "-"
@@ -97,3 +106,40 @@ def _add_children(branch, node, depth: int, mark_model: bool) -> None:
     for child in children:
         sub = branch.add(_label(child, mark_model))
         _add_children(sub, child, depth - 1, mark_model)
+
+
+def _table(spec: str):
+    from common.plugins import PluginError
+    from common.tables import load_table
+
+    try:
+        return load_table(spec)
+    except PluginError as err:
+        raise UserError(str(err)) from None
+
+
+def _print_matches(listing, table, spec: str) -> int:
+    """Every model leaf with the rule it matched and what it becomes; then the leaves no rule matched."""
+    from convert.tables import match_rules
+
+    leaves = {listing.names[leaf.path]: leaf for leaf in listing.leaves if leaf.in_model}
+    matches = match_rules(table, leaves, listing.torch_names)
+    unmatched = [m for m in matches if m.rule is None]
+    side = "PyTorch" if listing.torch_names else "Flax"
+    print(
+        f"  table:   {spec} ({table.model_type}): {len(matches) - len(unmatched)} of {len(matches)} "
+        f"{side} leaves matched, {len(unmatched)} unmatched"
+    )
+    width = max((len(m.name) for m in matches), default=0)
+    rule_width = max((len(m.rule.pattern) for m in matches if m.rule), default=0)
+    kind_width = max((len(m.rule.kind.value[0]) for m in matches if m.rule), default=0)
+    for m in matches:
+        if m.rule is not None:
+            shape = list(leaves[m.name].shape)
+            rule = f"{m.rule.pattern:<{rule_width}}  {m.rule.kind.value[0]:<{kind_width}}"
+            print(f"{m.name:<{width}}  {rule}  -> {m.becomes}  {shape}")
+    if unmatched:
+        print(f"unmatched ({len(unmatched)}): no rule of {table.model_type} matches these")
+        for m in unmatched:
+            print(f"{m.name:<{width}}  {list(leaves[m.name].shape)} {leaves[m.name].dtype}")
+    return 0

@@ -1,6 +1,8 @@
-"""`dfc parity`: layer-by-layer parity of torch_impl against jax_ref, with a report.
+"""`dfc parity`: layer-by-layer parity of a torch port against its Flax reference, with a report.
 
-Exit status 0 when every layer passes, 1 when one does not (the first divergent layer is printed).
+The suite (subjects and cases) is a plug-in: `--suite MODULE:NAME` (a dotted module or a .py path), or a
+registered name (`vae`, `dit`, `all`: this repository's models). Exit status 0 when every layer passes, 1
+when one does not (the first divergent layer is printed).
 """
 
 from __future__ import annotations
@@ -11,39 +13,45 @@ import sys
 
 from dfc.errors import UserError
 
-CONFIGS = {"tiny": {"vae": "vae-tiny", "dit": "dit-tiny"}, "published": {"vae": "vae-256", "dit": "dit-256"}}
-
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--suite",
+        metavar="MODULE:NAME",
+        default=None,
+        help="the suite to run: MODULE:NAME (a dotted module or path/to/file.py) naming a "
+        "parity.suite.Suite, "
+        "or a registered name: vae, dit, all (default: all)",
+    )
+    which.add_argument(
         "--model",
         choices=("vae", "dit", "all"),
-        default="all",
-        help="which model(s); 'all' adds the generation pipeline DiT -> VAE decode",
+        default=None,
+        help="the same as --suite vae|dit|all; 'all' adds the generation pipeline DiT -> VAE decode",
     )
     parser.add_argument(
         "--config",
-        default="tiny",
-        help="'tiny', 'published' (heavy on CPU), a preset name or a config.json PATH",
+        default=None,
+        help="for suites that take one (vae, dit, all): 'tiny' (default), 'published' (heavy on CPU), "
+        "a preset name or a config.json PATH",
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "mixed"),
         default="bf16",
-        help="the torch precision policy under test",
+        help="the torch precision policy under test: fp32, bf16, or one the suite defines (vae/dit: mixed)",
     )
     parser.add_argument(
         "--numerics",
-        choices=("flax0.10", "flax0.12.1", "both"),
-        default="both",
-        help="flax-era norm numerics of the JAX bf16 runs to measure (bf16/mixed only)",
+        default="all",
+        help="variants of the JAX bf16 run to measure, comma-separated, or 'all' (bf16 policies only; "
+        "vae/dit: flax0.10, flax0.12.1 - the flax-era norm numerics; 'both' is 'all')",
     )
     parser.add_argument(
         "--judge",
-        choices=("flax0.10", "flax0.12.1"),
         default=None,
-        help="numerics the verdict is against (default: the policy's own: bf16 -> flax0.12.1, "
-        "mixed -> flax0.10)",
+        help="the variant the verdict is against (default: the suite's pairing for the policy, "
+        "vae/dit: bf16 -> flax0.12.1, mixed -> flax0.10)",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device")
     parser.add_argument(
@@ -54,12 +62,13 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         "the reference's inputs",
     )
     parser.add_argument("--report", default="reports/parity", metavar="DIR", help="where the report goes")
-    parser.add_argument("--steps", type=int, default=4, help="Euler steps of the sampling cases")
+    parser.add_argument("--steps", type=int, default=None, help="Euler steps of sampling cases (default 4)")
     parser.add_argument(
         "--batch",
         type=int,
         default=None,
-        help="clips per case (the last one has a padded frame); default 2, or 1 at full size on a CPU",
+        help="clips per case, for suites that take it (vae/dit: the last clip has a padded frame; default 2, "
+        "or 1 at full size on a CPU)",
     )
     parser.add_argument(
         "--frames",
@@ -80,57 +89,41 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", metavar="CONVERTED", help="its converted weights (`dfc convert` output)")
 
 
-def _configs(args) -> dict[str, object]:
-    from common.config import load_config
-
-    models = ("vae", "dit") if args.model == "all" else (args.model,)
-    if args.config in CONFIGS:
-        return {m: load_config(CONFIGS[args.config][m]) for m in models}
-    try:
-        cfg = load_config(args.config)
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        raise UserError(str(err)) from None
-    if args.model not in ("all", cfg.model_type):
-        raise UserError(f"--config {args.config} is a {cfg.model_type} configuration, not a {args.model} one")
-    return {cfg.model_type: cfg}
-
-
-def _select(cases, wanted: str | None):
+def _select(suite, wanted: str | None):
     if not wanted:
-        return cases
+        return suite
     names = [w.strip() for w in wanted.split(",") if w.strip()]
-    chosen = [c for c in cases if any(c.name == n or c.name.startswith(n + ".") for n in names)]
-    if not chosen:
-        raise UserError(f"no case matches --cases {wanted}; cases: {', '.join(c.name for c in cases)}")
+    chosen = suite.select(names)
+    if not chosen.cases:
+        names = ", ".join(c.name for c in suite.cases)
+        raise UserError(f"no case matches --cases {wanted}; cases: {names}")
     return chosen
 
 
-def _plan(args, configs):
-    from parity import cases as C
-    from parity.subjects import dit_subject, vae_subject
+def _suite(args, options):
+    from common.plugins import PluginError
+    from parity.suite import load_suite
 
-    subjects, cases = {}, []
-    shape = C.Shape(args.batch, args.frames)
-    if "vae" in configs:
-        subjects["vae"] = vae_subject(configs["vae"])
-        cases += C.vae_cases(shape)
-    if "dit" in configs:
-        subjects["dit"] = dit_subject(configs["dit"])
-        cases += C.dit_cases(args.steps, shape)
-    if len(subjects) == 2:
-        vae, dit = configs["vae"], configs["dit"]
-        if (vae.num_patches, vae.latent_dim) == (dit.hw, dit.compressed_channel_dim):
-            cases.append(C.generation_case(args.steps, shape))
-    return subjects, cases
+    spec = args.suite or args.model or "all"
+    try:
+        suite = load_suite(spec)
+        given = [f"--{k}" for k in ("config", "steps", "batch", "frames") if getattr(options, k) is not None]
+        if given and suite.configure is None:
+            raise UserError(f"suite {spec} takes no {', '.join(given)} (it has no `configure`)")
+        return suite.configured(options)
+    except PluginError as err:
+        raise UserError(str(err)) from None
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        raise UserError(f"suite {spec}: {err}") from None
 
 
 def run(args) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu" if args.device == "cpu" else "")
-    from common.precision import NormNumerics, Precision
     from parity import report
     from parity.environment import PINNED
     from parity.runner import MODES, Settings
     from parity.runner import run as run_parity
+    from parity.suite import Options
 
     if bool(args.orbax) != bool(args.weights):
         raise UserError("--orbax and --weights go together: the checkpoint and its converted weights")
@@ -139,15 +132,23 @@ def run(args) -> int:
 
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA device is available here")
-    _default_shape(args)
-    if args.steps < 1 or args.batch < 1 or args.frames < 1:
-        raise UserError("--steps, --batch and --frames must be at least 1")
-    precision = Precision.parse(args.precision)
-    numerics = tuple(NormNumerics) if args.numerics == "both" else (NormNumerics.parse(args.numerics),)
-    if args.judge and args.judge not in [n.value for n in numerics]:
+    for flag in ("steps", "batch", "frames"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UserError("--steps, --batch and --frames must be at least 1")
+    options = Options(args.config, args.steps, args.batch, args.frames, args.device)
+    suite = _suite(args, options)
+    numerics = (
+        ("*",) if args.numerics in ("all", "both") else tuple(n.strip() for n in args.numerics.split(","))
+    )
+    known = _variants(suite)
+    unknown = [n for n in numerics if n != "*" and n not in known]
+    if unknown:
+        raise UserError(f"--numerics {args.numerics}: the suite's variants are {', '.join(known)}")
+    measured = known if numerics == ("*",) else numerics
+    if args.judge and args.judge not in measured:
         raise UserError(f"--judge {args.judge} is not among the measured --numerics {args.numerics}")
     settings = Settings(
-        precision=precision,
+        precision=args.precision,
         numerics=numerics,
         modes=MODES if args.mode == "both" else (args.mode,),
         device=args.device,
@@ -158,20 +159,25 @@ def run(args) -> int:
     weights = torch_models = None
     describe = {}
     if args.orbax:
-        subjects, cases, weights, torch_models = _real_pair(args, precision)
-        describe = {"orbax": os.path.abspath(args.orbax), "weights": os.path.abspath(args.weights)}
-        title = f"{next(iter(subjects))} checkpoint {os.path.basename(os.path.normpath(args.orbax))}"
+        paired = _paired(suite, args, options)
+        suite, weights, torch_models, describe = (
+            paired.suite,
+            paired.weights,
+            paired.torch_models,
+            paired.describe,
+        )
+        title = f"{suite.name} checkpoint {os.path.basename(os.path.normpath(args.orbax))}"
     else:
-        subjects, cases = _plan(args, _configs(args))
-        title = f"{'+'.join(subjects)} {args.config}, torch {precision.value}"
-    cases = _select(cases, args.cases)
+        title = f"{suite.name}{' ' + args.config if args.config else ''}, torch {args.precision}"
+    suite = _select(suite, args.cases)
+    _check_precision(suite, args.precision)
 
     def progress(name: str) -> None:
         print(f"dfc parity: {name} ...", file=sys.stderr, flush=True)
 
     result = run_parity(
-        subjects,
-        cases,
+        dict(suite.subjects),
+        list(suite.cases),
         settings,
         title=title,
         weights=weights,
@@ -189,44 +195,30 @@ def run(args) -> int:
     return 0 if result.passed else 1
 
 
-def _default_shape(args) -> None:
-    """Small inputs by default, and the smallest that still shows every planted mistake (one clip of 3
-    frames) for full-size models on a CPU: there every layer's output is captured three times over."""
-    small = args.config == "published" or args.orbax is not None
-    if args.config not in CONFIGS and not args.orbax:
-        from common.config import load_config
+def _variants(suite) -> list[str]:
+    from parity.suite import BF16
 
-        try:
-            small = _is_full_size(load_config(args.config))
-        except (FileNotFoundError, ValueError, TypeError):
-            small = False  # reported properly by _configs
-    small = small and args.device == "cpu"
-    if args.batch is None:
-        args.batch = 1 if small else 2
-    if args.frames is None:
-        args.frames = 3 if small else 4
+    found = [v for s in suite.subjects.values() for v in s.variants]
+    return list(dict.fromkeys(found)) or [BF16]
 
 
-def _is_full_size(cfg) -> bool:
-    if cfg.model_type == "vae":
-        return cfg.height * cfg.width >= 128 * 128
-    return cfg.hw * cfg.residual_dim >= 256 * 512
+def _check_precision(suite, precision: str) -> None:
+    """A policy no subject can apply is a bad argument, said before anything is built."""
+    for subject in suite.subjects.values():
+        if precision not in subject.precisions:
+            known = ", ".join(subject.precisions)
+            raise UserError(f"--precision {precision}: subject {subject.name} knows {known}")
 
 
-def _real_pair(args, precision):
-    from parity import cases as C
-    from parity.real_pair import load_real_pair
-
+def _paired(suite, args, options):
     for path, flag in ((args.orbax, "--orbax"), (args.weights, "--weights")):
         if not os.path.exists(path):
             raise UserError(f"{flag} {path}: no such file or directory")
+    from parity.pairing import generic_pair
+
     try:
-        pair = load_real_pair(args.orbax, args.weights, precision, args.device)
+        if suite.pair is not None:
+            return suite.pair(args.orbax, args.weights, args.precision, options)
+        return generic_pair(suite, args.orbax, args.weights, args.precision, options)
     except Exception as err:  # reader and loader errors name the file and the key; show them on one line
         raise UserError(f"cannot load the pair: {type(err).__name__}: {err}") from None
-    name = pair.subject.name
-    if args.model not in ("all", name):
-        raise UserError(f"--orbax {args.orbax} holds a {name}, not a {args.model}")
-    shape = C.Shape(args.batch, args.frames)
-    cases = C.vae_cases(shape) if name == "vae" else C.dit_cases(args.steps, shape)
-    return {name: pair.subject}, cases, {name: pair.flat}, {name: pair.torch_model}

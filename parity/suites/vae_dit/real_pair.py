@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from common.precision import Precision
-from parity.subjects import Subject, dit_subject, vae_subject
+from parity.suite import Subject
+from parity.suites.vae_dit.subjects import dit_subject, vae_subject
 
 
 @dataclass

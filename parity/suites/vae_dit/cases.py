@@ -1,7 +1,7 @@
-"""What the suite runs, on which inputs: one `Case` per promise of the product.
+"""What the VAE/DiT suite runs, on which inputs: one `Case` per promise of the product.
 
 A case's `run(fw, models, inputs)` is written once for both frameworks against the shared call contract
-(docs/ARCHITECTURE.md): `fw.ns` is `jax_ref` or `torch_impl`, `fw.asarray` / `fw.numpy` move arrays,
+(docs/ARCHITECTURE.md): `ns(fw)` is `jax_ref` or `torch_impl`, `fw.asarray` / `fw.numpy` move arrays,
 `models` maps subject names to built models, `inputs` holds the case's arrays already on the framework.
 
 Inputs are chosen so that porting mistakes can show: at least 3 frames (RoPE and q/k mistakes are
@@ -11,18 +11,32 @@ one), random weights everywhere (zero biases hide conversion bugs).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
+
+from parity.suite import Case, Inputs
 
 FRAMES = 4
 BATCH = 2
 SAMPLER_STEPS = 4
 TOPK = 2
 
-Inputs = dict[str, np.ndarray]
+
+def ns(fw) -> ModuleType:
+    """The implementation of the call contract on `fw`'s side: `jax_ref` or `torch_impl`."""
+    return importlib.import_module({"jax": "jax_ref", "torch": "torch_impl"}[fw.name])
+
+
+def fill_token(fw, vae):
+    """The VAE's learned fill token as an array of `fw` (an NNX Param holds it in `.value`)."""
+    if fw.name == "jax":
+        from jax_ref.compat import get_value
+
+        return get_value(vae.fill_token)
+    return vae.fill_token
 
 
 @dataclass(frozen=True)
@@ -31,17 +45,6 @@ class Shape:
 
     batch: int = BATCH
     frames: int = FRAMES
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    models: tuple[str, ...]  # subject names, e.g. ("dit", "vae") for the generation pipeline
-    make_inputs: Callable[[Mapping[str, Any], np.random.Generator], Inputs]  # (subjects, rng) -> inputs
-    run: Callable[[Any, Mapping[str, Any], Mapping[str, Any]], Any]
-    step_path: str | None = None  # the module whose calls are sampler steps
-    covers: str = ""
-    discrete: tuple[str, ...] = field(default=())  # output suffixes compared exactly (frame indices)
 
 
 def padded_mask(batch: int, frames: int) -> np.ndarray:
@@ -104,7 +107,7 @@ def generation_inputs(shape: Shape):
 
 def block_inputs(name: str, shape: Shape):
     def make(subjects, rng) -> Inputs:
-        from parity.subjects import block_width
+        from parity.suites.vae_dit.subjects import block_width
 
         cfg = subjects[name].config
         patches = min(64, cfg.num_patches if hasattr(cfg, "num_patches") else cfg.hw)
@@ -136,8 +139,8 @@ def _round_trip(mode: str):
 
 def _sample(steps: int):
     def run(fw, models, x):
-        latents, gaps = fw.ns.sample(models["dit"], x["noise"], x["mask"], steps)
-        positions, frames = fw.ns.gaps_to_positions(gaps, x["mask"])
+        latents, gaps = ns(fw).sample(models["dit"], x["noise"], x["mask"], steps)
+        positions, frames = ns(fw).gaps_to_positions(gaps, x["mask"])
         return {"latents": latents, "gaps": gaps, "positions": positions, "frames": frames}
 
     return run
@@ -154,7 +157,9 @@ def _generate(steps: int):
         if frames > vae.config.max_temporal_len:
             raise ValueError(f"generated {frames} frames, more than the VAE's {vae.config.max_temporal_len}")
         gaps = np.diff(positions, prepend=0).astype(np.int32)[None]  # gaps[0] = first position
-        latent = fw.ns.place_kept(sampled["latents"], fw.asarray(gaps), x["mask"], frames, fw.fill_token(vae))
+        latent = ns(fw).place_kept(
+            sampled["latents"], fw.asarray(gaps), x["mask"], frames, fill_token(fw, vae)
+        )
         video = vae.decoder(latent, fw.asarray(np.ones((1, frames), bool)))
         return {**sampled, "video": video}
 
