@@ -16,6 +16,7 @@ MS-SSIM (`dfc.metrics`) of the decoded uint8 frames against the input.
 from __future__ import annotations
 
 import functools
+import math
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -59,13 +60,14 @@ class RDPoint:
         return self.codec if self.codec != "dfc" else f"dfc {self.latent_dtype} {self.latent_coding}"
 
 
-def quality(reference: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
+def quality(reference: np.ndarray, decoded: np.ndarray, psnr_only: bool = False) -> dict[str, float]:
+    """PSNR, SSIM and MS-SSIM (`psnr_only`: SSIM and MS-SSIM left NaN, for a quick look)."""
     from dfc.metrics import ms_ssim, psnr, ssim
 
     return {
         "psnr": psnr(reference, decoded),
-        "ssim": ssim(reference, decoded),
-        "ms_ssim": ms_ssim(reference, decoded),
+        "ssim": math.nan if psnr_only else ssim(reference, decoded),
+        "ms_ssim": math.nan if psnr_only else ms_ssim(reference, decoded),
     }
 
 
@@ -168,7 +170,13 @@ def encoder_args(codec: str, crf: int, width: int, height: int) -> list[str]:
 
 
 def baseline_points(
-    frames: np.ndarray, *, label: str, fps: float, codec: str, crfs: Sequence[int] = DEFAULT_CRFS
+    frames: np.ndarray,
+    *,
+    label: str,
+    fps: float,
+    codec: str,
+    crfs: Sequence[int] = DEFAULT_CRFS,
+    psnr_only: bool = False,
 ) -> list[RDPoint]:
     """Points of one clip for `codec` ("x264"/"x265") at each CRF; none when this ffmpeg lacks it."""
     from dfc.video import read_video
@@ -199,7 +207,7 @@ def baseline_points(
                     f"crf {crf}",
                     size,
                     _bpp(size, frames),
-                    **quality(frames, decoded),
+                    **quality(frames, decoded, psnr_only),
                     frames=length,
                     crf=crf,
                 )  # fmt: skip
