@@ -84,6 +84,9 @@ class Recorder:
         self.capture = Capture()
         self.step_path = step_path
         self.keep_inputs = keep_inputs
+        # `sink(call) -> call | None`: takes each finished call (a trace writes its arrays out and hands
+        # back the call without values, or None to leave it out); None keeps every call in memory
+        self.sink: Callable[[Call], Call | None] | None = None
         self._steps_started = 0
         self._step: int | None = None
         self._repeats: dict[tuple[int | None, str], int] = {}
@@ -113,9 +116,12 @@ class Recorder:
         inputs = map_leaves((tuple(args), dict(kwargs)), record)
         outputs = self.flatten(path, output)
         call = Call(path, kind, step, repeat, inputs, outputs)
-        self.capture.calls[call.key] = call
         if path == self.step_path:
             self._step = None
+        if self.sink is not None:
+            call = self.sink(call)
+        if call is not None:
+            self.capture.calls[call.key] = call
 
     def flatten(self, path: str, output: Any) -> dict[str, Recorded]:
         out = {}

@@ -125,8 +125,9 @@ class TorchSide:
         self.fw = TorchFramework(device)
         self.channels_first = channels_first_rule(channels_first)
 
-    def capture(self, case, inputs: Mapping[str, np.ndarray], keep_inputs: bool = True) -> Capture:
+    def capture(self, case, inputs: Mapping[str, np.ndarray], keep_inputs: bool = True, sink=None) -> Capture:
         recorder = TorchRecorder(self.channels_first, case.step_path, keep_inputs)
+        recorder.sink = sink
         native = {k: self.fw.asarray(v) for k, v in inputs.items()}
         with torch.inference_mode(), recording(self.modules, recorder):
             output = case.run(self.fw, self.models, native)
