@@ -180,7 +180,6 @@ def test_make_gpu_check_needs_no_setup_and_drops_the_cpu_default():
 def test_the_trajectory_loop_is_the_samplers_own():
     import jax
     import torch
-    from parity.suites.vae_dit.subjects import dit_subject
 
     import jax_ref
     import torch_impl
@@ -188,6 +187,7 @@ def test_the_trajectory_loop_is_the_samplers_own():
     from common.config import PRESETS
     from common.precision import Precision
     from parity.runner import Lineup, Settings
+    from parity.suites.vae_dit.subjects import dit_subject
 
     lineup = Lineup.build({"dit": dit_subject(PRESETS["dit-tiny"])}, Settings(precision=Precision.FP32))
     rng = np.random.default_rng(0)
