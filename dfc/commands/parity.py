@@ -180,7 +180,6 @@ def run(args) -> int:
     if getattr(args, "action", None) == "compare":
         return parity_trace.compare(args)
     parity_trace.check_target(args)
-    from parity import report
     from parity.runner import run as run_parity
 
     suite, settings, weights, torch_models, title, describe = prepare(args)
@@ -202,7 +201,14 @@ def run(args) -> int:
         describe=describe,
         progress=progress,
     )
-    files = report.write(result, args.report)
+    return write_report(result, args.report)
+
+
+def write_report(result, report_dir) -> int:
+    """The report written, the verdict in one line, and the exit status (in-process runs and `compare`)."""
+    from parity import report
+
+    files = report.write(result, report_dir)
     verdict = "PASS" if result.passed else "FAIL"
     print(
         f"dfc parity: {verdict} ({len(result.cases)} case runs, judged against {result.verdict_judge}); "

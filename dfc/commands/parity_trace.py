@@ -157,7 +157,6 @@ def compare(args) -> int:
 
 
 def _compare(paths, report_dir: str, judge: str | None) -> int:
-    from parity import report
     from parity.compare import compare as judge_traces
     from parity.compare import open_traces
     from parity.environment import Pins, pinned
@@ -175,14 +174,9 @@ def _compare(paths, report_dir: str, judge: str | None) -> int:
         print(f"dfc parity: {trace['side']} trace {name}: {trace['size']}")
     for note in result.settings["notes"]:
         print(f"dfc parity: {note}")
-    files = report.write(result, report_dir)
-    verdict = "PASS" if result.passed else "FAIL"
-    print(
-        f"dfc parity: {verdict} ({len(result.cases)} case runs, judged against {result.verdict_judge}); "
-        f"first divergent layer: {report.first_divergent_text(result)}"
-    )
-    print(f"dfc parity: report in {files['md'].parent}")
-    return 0 if result.passed else 1
+    from dfc.commands.parity import write_report
+
+    return write_report(result, report_dir)
 
 
 def _rebuild(trace):
