@@ -55,7 +55,7 @@ def _vae(plan, device: str) -> dict[str, dict[str, np.ndarray]]:
 
     cfg = PRESETS[plan.small_vae]
     jax_models, torch_models = _lineups(vae_subject(cfg), device)
-    frames = min(16, cfg.max_temporal_len)
+    frames = min(plan.discrete_frames or 16, cfg.max_temporal_len)
     videos = np.stack(
         [
             np.random.default_rng(s).uniform(0, 1, (frames, cfg.height, cfg.width, cfg.channels))
@@ -100,7 +100,7 @@ def _dit(plan, device: str) -> dict[str, dict[str, np.ndarray]]:
 
     cfg = PRESETS[plan.small_dit]
     jax_models, torch_models = _lineups(dit_subject(cfg), device)
-    frames = min(8, cfg.max_temporal_len)
+    frames = min(plan.discrete_frames or 8, cfg.max_temporal_len)
     noise = np.stack(
         [
             np.random.default_rng(s).standard_normal((frames, cfg.hw, cfg.compressed_channel_dim))
@@ -174,6 +174,15 @@ def _markdown(rows, plan) -> str:
         "Mismatched elements against JAX fp32 (HIGHEST), and the share of seeds with an identical result. "
         "bf16 passes when torch bf16 misses no more often than JAX bf16; fp32 must miss nowhere.",
         "",
+        *(
+            [
+                f"CPU plumbing run: {plan.seeds} seeds, not the 64 a GPU run uses; the rates say nothing "
+                "about bf16 on a GPU.",
+                "",
+            ]
+            if plan.seeds < 64
+            else []
+        ),
         "| output | jax bf16 mismatches | torch bf16 mismatches | torch fp32 mismatches | identical seeds "
         "(jax bf16 / torch bf16 / torch fp32) | torch bf16 = jax bf16 | bf16 | fp32 |",
         "|---|---|---|---|---|---|---|---|",
