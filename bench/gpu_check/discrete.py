@@ -25,15 +25,14 @@ def _lineups(subject, device: str):
     from common.precision import Precision
     from parity.runner import Lineup, Settings
     from parity.suites.vae_dit.subjects import NATURAL_NUMERICS
+    from parity.transfer import torch_model
 
     natural = NATURAL_NUMERICS[Precision.BF16]
     bf16 = Lineup.build({subject.name: subject}, Settings(Precision.BF16, (natural,), device=device))
-    fp32 = Lineup.build(
-        {subject.name: subject}, Settings(Precision.FP32, device=device), weights=bf16.weights
-    )
     name = subject.name
+    fp32 = torch_model(subject, bf16.weights[name], Precision.FP32, device)  # the reference is bf16's
     jax_models = {"reference": bf16.reference[name], "jax bf16": bf16.jax[natural.value][name]}
-    return jax_models, {"torch bf16": bf16.torch[name], "torch fp32": fp32.torch[name]}
+    return jax_models, {"torch bf16": bf16.torch[name], "torch fp32": fp32}
 
 
 def _keep_mask(gaps: np.ndarray, kept_valid: np.ndarray, frames: int) -> np.ndarray:

@@ -27,7 +27,9 @@ def _subjects(plan) -> dict:
 
     vae, dit = PRESETS[plan.vae], PRESETS[plan.dit]
     subjects = [block_subject(dit), block_subject(vae), unet_subject(vae), vae_subject(vae), dit_subject(dit)]
-    return {s.name: s for s in subjects}
+    # only the models the plan's cases and the sampling use are built (a CPU run has no VAE case)
+    used = {n for case in _cases(plan) for n in case.models} | {"dit"}
+    return {s.name: s for s in subjects if s.name in used}
 
 
 def _cases(plan) -> list:

@@ -51,7 +51,7 @@ def make_plan(device: str, config: str, budget_s: float | None = None) -> Plan:
         few = dict(
             parity_cases=block,
             distance_cases=block,
-            sdpa_cases=(*block, f"{block[0]}.unmasked"),
+            sdpa_cases=block,
             sdpa_precisions=("bf16",),
             layer_steps="first",
             # the discrete stage on the parity stage's DiT shape: one seed per clip of the batch
