@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: this is the CPU wheel on the machine's disk; anything looser pulls CUDA.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[jax,video,dev]'
+	$(PIP) install -q -e '.[jax,video,dev,example]'
 	touch $(STAMP)
 
 test: setup

@@ -28,6 +28,7 @@ class Kind(enum.Enum):
     # in t, h and w (MODEL_SPEC section 2; without the flip outputs differ).
     CONV_TRANSPOSE = ("conv_transpose", "kernel", "weight", 5)
     NORM_SCALE = ("norm_scale", "scale", "weight", 1)
+    EMBEDDING = ("embedding", "embedding", "weight", 2)  # (vocab, features) on both sides
     BIAS = ("bias", "bias", "bias", 1)
     PARAM = ("param", None, None, None)  # kept as is, same name (fill_token)
     ROPE_CACHE = ("rope_cache", None, None, 4)  # a pure function of the config: checked, then dropped

@@ -22,8 +22,28 @@ class PluginError(ValueError):
     """A plug-in spec that cannot be resolved; the message names the spec and what is wrong."""
 
 
+def _package_module(resolved: Path) -> tuple[Path, str] | None:
+    """For a file inside a package (its folder has `__init__.py`): the folder above the outermost package
+    and the file's dotted module name (`examples/gpt2/suite.py` -> `examples.gpt2.suite`)."""
+    if not (resolved.parent / "__init__.py").is_file() or resolved.name == "__init__.py":
+        return None
+    parts, root = [resolved.stem], resolved.parent
+    while (root / "__init__.py").is_file():
+        parts.insert(0, root.name)
+        root = root.parent
+    return root, ".".join(parts)
+
+
 def _import_file(path: Path):
     resolved = path.resolve()
+    package = _package_module(resolved)
+    if package is not None:
+        # a file of a package is that package's module, so that its own imports (relative or absolute
+        # through the package) work the same whichever way it is named
+        root, dotted = package
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        return importlib.import_module(dotted)
     digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
     name = f"_dfc_plugin_{resolved.stem}_{digest}"
     if name in sys.modules:

@@ -29,8 +29,8 @@ from dfc.container import (
     KeepSettings,
     ModelInfo,
     check_weights,
-    stored_values,
 )
+from dfc.latent_values import stored_values
 from dfc.video import Crop, fit_to_model, read_video, restore_frames, split_clips, to_uint8
 from torch_impl.dit import VideoDiT
 from torch_impl.sampling import gaps_to_positions, sample

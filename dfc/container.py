@@ -23,11 +23,14 @@ import numpy as np
 
 from convert import safetensors_header as framing
 from dfc import __version__
+from dfc.entropy import CODINGS, EntropyError
 from dfc.errors import UserError
+from dfc.latent_values import bf16_bits_to_float32, dequantize_u8, float32_to_bf16_bits, quantize_u8
 from dfc.video import Crop, atomic_output
 
 FORMAT_NAME = "dfc-video"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this dfc reads and writes; a file without entropy coding is written as 1
+READ_VERSIONS = (1, 2)
 SUFFIX = ".dfc"
 LATENT_DTYPES = ("bf16", "f32", "u8")
 KEEP_MODES = ("threshold", "bernoulli", "topk")
@@ -96,6 +99,7 @@ class CompressedVideo:
     latent_dtype: str = "bf16"
     source_name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, JSON-serialisable notes
+    latent_coding: str = "none"  # "zstd": lossless entropy coding of the stored latents (dfc/entropy.py)
 
     @property
     def width(self) -> int:
@@ -108,51 +112,6 @@ class CompressedVideo:
     @property
     def kept_frames(self) -> int:
         return sum(clip.kept for clip in self.clips)
-
-
-# ---------------------------------------------------------------------------------------- bf16 and 8-bit
-
-
-def float32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
-    """bfloat16 bit patterns (uint16) of float32 values, rounded to nearest, ties to even."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
-    out = (rounded >> np.uint32(16)).astype(np.uint16)
-    nan = np.isnan(values)
-    if nan.any():  # rounding could carry a NaN's payload into infinity; keep it a (quiet) NaN
-        out[nan] = ((bits[nan] >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16)
-    return out
-
-
-def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
-    """float32 values of bfloat16 bit patterns (exact: every bf16 value is a float32 value)."""
-    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
-
-
-def quantize_u8(latents: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-channel affine 8-bit codes of a clip's latents `(K, hw, L)`: `(codes uint8, scale (L,), low (L,))`.
-
-    Each latent channel gets its own range (channels differ in scale), spread over 256 levels; the
-    error per value is at most half a step, `scale / 2`.
-    """
-    low = latents.min(axis=(0, 1)).astype(np.float32)
-    scale = ((latents.max(axis=(0, 1)) - low) / np.float32(255)).astype(np.float32)
-    step = np.where(scale > 0, scale, np.float32(1))
-    codes = np.clip(np.rint((latents - low) / step), 0, 255).astype(np.uint8)
-    return codes, scale, low
-
-
-def dequantize_u8(codes: np.ndarray, scale: np.ndarray, low: np.ndarray) -> np.ndarray:
-    return codes.astype(np.float32) * scale + low
-
-
-def stored_values(latents: np.ndarray, latent_dtype: str) -> np.ndarray:
-    """The float32 latents a reader gets back after storing `latents` as `latent_dtype`."""
-    if latent_dtype == "f32":
-        return np.asarray(latents, np.float32)
-    if latent_dtype == "bf16":
-        return bf16_bits_to_float32(float32_to_bf16_bits(latents))
-    return dequantize_u8(*quantize_u8(np.asarray(latents, np.float32)))
 
 
 # ---------------------------------------------------------------------------------------------- checking
@@ -185,6 +144,7 @@ def _check_clip(index: int, clip: ClipLatents, model: ModelInfo) -> None:
 def check_compressed_video(cv: CompressedVideo) -> None:
     """Every rule a `.dfc` file obeys; raises `ContainerError` naming the first one broken."""
     check_choice("latent_dtype", cv.latent_dtype, LATENT_DTYPES)
+    check_choice("latent_coding", cv.latent_coding, CODINGS)
     check_choice("keep mode", cv.keep.mode, KEEP_MODES)
     if not (isinstance(cv.fps, numbers.Real) and math.isfinite(cv.fps) and cv.fps > 0):
         raise ContainerError(f"fps must be a positive number, got {cv.fps!r}")
@@ -256,6 +216,21 @@ def _clip_tensors(index: int, clip: ClipLatents, latent_dtype: str) -> list[tupl
     return tensors
 
 
+def _coded(tensors: list[tuple[str, str, tuple, bytes]], coding: str) -> list[tuple[str, str, tuple, bytes]]:
+    """A clip's tensors with its latents entropy-coded as `{name}.latents.{coding}`, a U8 byte string."""
+    if coding == "none":
+        return tensors
+    from dfc import entropy
+
+    out = []
+    for name, dtype, shape, data in tensors:
+        if name.endswith(".latents"):
+            blob = entropy.encode(np.frombuffer(data, _DTYPES[dtype]).reshape(shape), coding)
+            name, dtype, shape, data = f"{name}.{coding}", "U8", (len(blob),), blob
+        out.append((name, dtype, shape, data))
+    return out
+
+
 def _document(cv: CompressedVideo) -> dict[str, Any]:
     return {
         "producer": f"dfc {__version__}",
@@ -271,6 +246,7 @@ def _document(cv: CompressedVideo) -> dict[str, Any]:
         "keep": dataclasses.asdict(cv.keep),
         "clip_frames": int(cv.clip_frames),
         "latent_dtype": cv.latent_dtype,
+        **({"latent_coding": cv.latent_coding} if cv.latent_coding != "none" else {}),
         "clips": [{"start": int(c.start), "num_frames": int(c.num_frames), "kept": c.kept} for c in cv.clips],
         "source_name": cv.source_name,
         "extra": cv.extra,
@@ -286,14 +262,14 @@ def encode_container(cv: CompressedVideo) -> bytes:
         raise ContainerError(f"cannot describe the video as JSON: {err}") from None
     metadata = {
         _META_FORMAT: FORMAT_NAME,
-        _META_VERSION: str(FORMAT_VERSION),
+        _META_VERSION: "1" if cv.latent_coding == "none" else str(FORMAT_VERSION),
         _META_DOC: document,
         _META_DIGEST: _DIGEST_PLACEHOLDER,
     }
     header: dict[str, Any] = {"__metadata__": metadata}
     chunks, offset = [], 0
     for index, clip in enumerate(cv.clips):
-        for name, dtype, shape, data in _clip_tensors(index, clip, cv.latent_dtype):
+        for name, dtype, shape, data in _coded(_clip_tensors(index, clip, cv.latent_dtype), cv.latent_coding):
             header[name] = {
                 "dtype": dtype,
                 "shape": list(shape),
@@ -390,10 +366,11 @@ def _check_format(header: dict[str, Any]) -> dict[str, str]:
     _need(all(isinstance(v, str) for v in metadata.values()), "metadata values must be text")
     version = metadata.get(_META_VERSION, "")
     _need(version.isascii() and version.isdigit(), f"format version {version!r} is not a number")
-    if int(version) != FORMAT_VERSION:
+    _need(len(version) <= 9, f"format version {version[:12]}... is not a version")
+    if int(version) not in READ_VERSIONS:
         newer = int(version) > FORMAT_VERSION
         raise ContainerError(
-            f"format version {int(version)}: this dfc reads version {FORMAT_VERSION}"
+            f"format version {int(version)}: this dfc reads versions {', '.join(map(str, READ_VERSIONS))}"
             + ("; it was written by a newer dfc, upgrade to read it" if newer else "")
         )
     return metadata
@@ -465,20 +442,44 @@ def _crop_from(doc: dict[str, Any]) -> Crop:
         raise _Corrupt(str(err)) from None
 
 
+def _decoded(
+    tensors: dict[str, np.ndarray], name: str, coding: str, wanted: np.dtype, shape: tuple[int, ...]
+) -> np.ndarray | None:
+    """The stored latents `name` of `shape`, entropy-decoded from `{name}.{coding}` when coded."""
+    if coding == "none":
+        return tensors.get(name)
+    coded = tensors.get(f"{name}.{coding}")
+    if coded is None or coded.dtype != np.dtype("u1") or coded.ndim != 1:
+        return None
+    from dfc import entropy
+
+    try:
+        return entropy.decode(coded.tobytes(), wanted, shape, coding)
+    except EntropyError as err:
+        raise _Corrupt(f"{name}: {err}") from None
+
+
 def _clip_from(
-    index: int, entry: dict[str, Any], tensors: dict[str, np.ndarray], latent_dtype: str
+    index: int,
+    entry: dict[str, Any],
+    tensors: dict[str, np.ndarray],
+    latent_dtype: str,
+    coding: str,
+    model: ModelInfo,
 ) -> ClipLatents:
     name = f"clip.{index:05d}"
     start = _field(entry, "start", int, minimum=0)
     num_frames = _field(entry, "num_frames", int, minimum=1)
     kept = _field(entry, "kept", int, minimum=1)
-    _need(f"{name}.gaps" in tensors and f"{name}.latents" in tensors, f"tensors of clip {index} are missing")
-    gaps, stored = tensors[f"{name}.gaps"], tensors[f"{name}.latents"]
+    wanted = {"bf16": np.dtype("<u2"), "f32": np.dtype("<f4"), "u8": np.dtype("u1")}[latent_dtype]
+    shape = (kept, model.num_patches, model.latent_dim)
+    stored = _decoded(tensors, f"{name}.latents", coding, wanted, shape)
+    _need(f"{name}.gaps" in tensors and stored is not None, f"tensors of clip {index} are missing")
+    gaps = tensors[f"{name}.gaps"]
     _need(
         gaps.shape == (kept,), f"clip {index}: {gaps.shape[0] if gaps.ndim else '?'} gaps, {kept} kept frames"
     )
     _need(stored.ndim == 3 and stored.shape[0] == kept, f"clip {index}: latents are {stored.shape}")
-    wanted = {"bf16": np.dtype("<u2"), "f32": np.dtype("<f4"), "u8": np.dtype("u1")}[latent_dtype]
     _need(stored.dtype == wanted and gaps.dtype == np.dtype("<i4"), f"clip {index}: tensor dtypes disagree")
     if latent_dtype == "bf16":
         latents = bf16_bits_to_float32(stored)
@@ -493,7 +494,7 @@ def _clip_from(
     return ClipLatents(start=start, num_frames=num_frames, latents=latents, gaps=gaps.astype(np.int32))
 
 
-def _video_from(doc: Any, tensors: dict[str, np.ndarray]) -> CompressedVideo:
+def _video_from(doc: Any, tensors: dict[str, np.ndarray], version: int) -> CompressedVideo:
     _need(isinstance(doc, dict), "the description is not a JSON object")
     video = _field(doc, "video", dict)
     model_doc = _field(doc, "model", dict)
@@ -513,9 +514,13 @@ def _video_from(doc: Any, tensors: dict[str, np.ndarray]) -> CompressedVideo:
     )
     latent_dtype = _field(doc, "latent_dtype", str)
     _need(latent_dtype in LATENT_DTYPES, f"unknown latent dtype {latent_dtype!r}")
+    coding = _field(doc, "latent_coding", str, optional=True) or "none"
+    _need(coding in CODINGS, f"unknown latent coding {coding!r}")
+    _need((coding != "none") == (version >= 2), f"format version {version} with latent coding {coding!r}")
     clip_docs = _field(doc, "clips", list)
-    clips = [_clip_from(i, entry, tensors, latent_dtype) for i, entry in enumerate(clip_docs)]
-    expected_names = {f"clip.{i:05d}.{part}" for i in range(len(clips)) for part in ("gaps", "latents")}
+    clips = [_clip_from(i, entry, tensors, latent_dtype, coding, model) for i, entry in enumerate(clip_docs)]
+    latents = "latents" if coding == "none" else f"latents.{coding}"
+    expected_names = {f"clip.{i:05d}.{part}" for i in range(len(clips)) for part in ("gaps", latents)}
     if latent_dtype == "u8":
         expected_names |= {f"clip.{i:05d}.{part}" for i in range(len(clips)) for part in ("scale", "low")}
     _need(set(tensors) == expected_names, "the tensors do not match the clips described")
@@ -530,6 +535,7 @@ def _video_from(doc: Any, tensors: dict[str, np.ndarray]) -> CompressedVideo:
         latent_dtype=latent_dtype,
         source_name=_field(doc, "source_name", str, optional=True),
         extra=_field(doc, "extra", dict, optional=True) or {},
+        latent_coding=coding,
     )
     _need(
         (video.get("width"), video.get("height")) == (cv.width, cv.height),
@@ -551,7 +557,7 @@ def decode_container(
             doc = json.loads(metadata[_META_DOC])
         except (KeyError, ValueError, RecursionError):
             raise _Corrupt("its description is missing or not JSON") from None
-        cv = _video_from(doc, tensors)
+        cv = _video_from(doc, tensors, int(metadata[_META_VERSION]))
         check_compressed_video(cv)
     except _Corrupt as err:
         raise ContainerError(f"{name}: damaged or not a .dfc file: {err}") from None

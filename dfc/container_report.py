@@ -9,14 +9,15 @@ from typing import Any
 
 import numpy as np
 
+from convert import safetensors_header as framing
 from dfc.container import (
     BYTES_PER_VALUE,
     LATENT_DTYPES,
     CompressedVideo,
     check_choice,
     encode_container,
-    stored_values,
 )
+from dfc.latent_values import stored_values
 
 
 def quantization_effect(cv: CompressedVideo, latent_dtype: str = "u8") -> dict[str, Any]:
@@ -53,7 +54,14 @@ def quantization_effect(cv: CompressedVideo, latent_dtype: str = "u8") -> dict[s
 
 def size_report(cv: CompressedVideo, input_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Where the bytes go. Every ratio is in bytes (stored file against uint8 RGB frames), not in values."""
-    container_bytes = len(encode_container(cv))
+    data = encode_container(cv)
+    container_bytes = len(data)
+    header, _ = framing.parse(data)
+    stored_latent_bytes = sum(  # entropy-coded latents take what their coded tensors take
+        spec["data_offsets"][1] - spec["data_offsets"][0]
+        for name, spec in header.items()
+        if ".latents" in name
+    )
     per_value = BYTES_PER_VALUE[cv.latent_dtype]
     latent_frame_bytes = cv.model.num_patches * cv.model.latent_dim * per_value
     pixel_frame_bytes = cv.model.height * cv.model.width * 3
@@ -64,8 +72,10 @@ def size_report(cv: CompressedVideo, input_path: str | os.PathLike | None = None
     values_ratio = pixel_frame_bytes / (cv.model.num_patches * cv.model.latent_dim)
     return {
         "container_bytes": container_bytes,
-        "latent_bytes": kept * latent_frame_bytes,
-        "overhead_bytes": container_bytes - kept * latent_frame_bytes,
+        "latent_bytes": stored_latent_bytes,
+        "latent_bytes_uncoded": kept * latent_frame_bytes,
+        "latent_coding": cv.latent_coding,
+        "overhead_bytes": container_bytes - stored_latent_bytes,
         "raw_bytes_original": raw_original,
         "raw_bytes_model": raw_model,
         "input_bytes": input_bytes,

@@ -26,6 +26,7 @@ CLIP_SIZE = (96, 72)  # width, height: not the model's 64x64 nor its aspect, so 
 CLIP_FRAMES = 48  # a 32-frame clip and a shorter 16-frame one
 DEMO_CLIP_FRAMES = 32
 CLIP_FPS = 12.0
+RD_CRFS = (18, 34, 51)  # the x264 sweep of the summary's rate-distortion line
 TRAIN_STEPS = 36  # ~2 s each at 64x64 on 2 cores, plus ~25 s to compile: the demo stays under 3 min
 # what the demo writes into --out; only these are replaced when it runs again
 ARTIFACTS = (
@@ -228,12 +229,12 @@ def run_demo(options: DemoOptions) -> DemoSummary:
 def _compress_and_decompress(
     options: DemoOptions, weights: str, input_path: Path, clip, summary, phases
 ) -> None:
-    from dfc.codec import compress_video, decompress_video
+    from dfc.codec import check_model_fits, compress_video, decode_clips
     from dfc.container import read_container, write_container
     from dfc.container_report import size_report
     from dfc.figures import side_by_side
     from dfc.models import load_model
-    from dfc.video import write_video
+    from dfc.video import restore_frames, write_video
 
     out = options.out
     phases.start("load", "loading the converted weights into torch_impl")
@@ -247,11 +248,16 @@ def _compress_and_decompress(
         clip_frames=min(DEMO_CLIP_FRAMES, loaded.model.config.max_temporal_len),
         extra={"weights_source": source},
     )  # fmt: skip
+    cv.latent_coding = "zstd"  # as `dfc compress` writes by default
     compressed = write_container(out / "compressed.dfc", cv)
     report = size_report(cv, input_path)
 
     phases.start("decompress", "decompressing")
-    frames, fps = decompress_video(loaded.model, read_container(compressed, expected_weights=loaded.identity))
+    read = read_container(compressed, expected_weights=loaded.identity)
+    check_model_fits(loaded.model, read)
+    # decompress_video's two steps, so the rate-distortion line below gets the model-size frames
+    model_frames = decode_clips(loaded.model, read.clips)
+    frames, fps = restore_frames(model_frames, read.crop), read.fps
     decoded = write_video(out / "decoded.mp4", frames, fps)
     write_video(out / "comparison.gif", side_by_side([clip, frames], ["original", "decoded"]), fps)
 
@@ -265,7 +271,9 @@ def _compress_and_decompress(
     positions = "; ".join(" ".join(map(str, c.positions())) for c in cv.clips)
     kept = " + ".join(f"{c.kept}/{c.num_frames}" for c in cv.clips)
     summary.add("kept", f"{kept} frames per clip, at {positions}")
-    summary.add("compressed", f"{compressed}: {file_bytes:,} B ({cv.latent_dtype} latents)")
+    summary.add(
+        "compressed", f"{compressed}: {file_bytes:,} B ({cv.latent_dtype} latents, {cv.latent_coding}-coded)"
+    )
     summary.add(
         "ratios",
         f"in bytes: {raw / file_bytes:.1f}x vs raw uint8 frames ({raw:,} B), "
@@ -277,7 +285,25 @@ def _compress_and_decompress(
         f"{_size(decoded):,} B",
     )
     summary.add("quality", _quality(clip, frames, cv))
+    phases.start("rd", "rate and distortion against x264 (dfc evaluate --rd measures more)")
+    summary.add("rd vs x264", _rate_distortion(clip, model_frames, cv, file_bytes))
     summary.add("side by side", str(out / "comparison.gif"))
+
+
+def _rate_distortion(clip: np.ndarray, model_frames: np.ndarray, cv, file_bytes: int) -> str:
+    """The .dfc file against x264 at a CRF sweep, on the frames the model saw (its size, uint8)."""
+    from dfc.rd import RDPoint, baseline_points, quality
+    from dfc.rd_report import demo_line
+    from dfc.video import fit_to_model, to_uint8
+
+    reference = to_uint8(fit_to_model(clip, cv.model.height, cv.model.width, cv.crop.mode)[0])
+    pixels = reference.shape[0] * reference.shape[1] * reference.shape[2]
+    scores = quality(reference, to_uint8(model_frames), psnr_only=True)  # the line says PSNR alone
+    point = RDPoint("demo", "dfc", "file", file_bytes, 8 * file_bytes / pixels, **scores, frames=len(clip))
+    baseline = baseline_points(
+        reference, label="demo", fps=cv.fps, codec="x264", crfs=RD_CRFS, psnr_only=True
+    )
+    return demo_line(point, baseline) if baseline else "n/a: this ffmpeg has no libx264"
 
 
 def _quality(clip: np.ndarray, frames: np.ndarray, cv) -> str:

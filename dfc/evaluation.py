@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dfc.container import BYTES_PER_VALUE, stored_values
-from dfc.metrics import mse, psnr, ssim
+from dfc.container import BYTES_PER_VALUE
+from dfc.latent_values import stored_values
+from dfc.metrics import ms_ssim, mse, psnr, ssim
 from dfc.video import to_uint8
 
 DEFAULT_TOPK = (16, 8, 4, 1)
@@ -53,6 +54,7 @@ class ClipEvaluation:
     ssim_bernoulli: float
     mse_topk: dict[str, float] = field(default_factory=dict)
     keep_probability: list[float] = field(default_factory=list)
+    ms_ssim_all: float = math.nan  # NaN: rows written before MS-SSIM was measured, or frames under 11 px
 
     @property
     def label(self) -> str:
@@ -110,7 +112,7 @@ def evaluate_clip(
     prob = selection[0, :, 0].float().cpu()
 
     def decode(keeps: torch.Tensor, dtype: str = latent_dtype) -> np.ndarray:
-        return _decode_keeps(vae, stored_values(mean, dtype), keeps, batch_size)
+        return decode_keeps(vae, stored_values(mean, dtype), keeps, batch_size)
 
     def choose(mode: str, rows: int, **kw) -> torch.Tensor:
         return select_frames(prob.expand(rows, length), valid.cpu().expand(rows, length), mode, **kw)
@@ -142,6 +144,7 @@ def evaluate_clip(
         mse_all=mse(frames, all_frames),
         psnr_all=psnr(frames, all_frames),
         ssim_all=ssim(frames, np.clip(all_frames, 0, 1)),
+        ms_ssim_all=ms_ssim(frames, np.clip(all_frames, 0, 1)),
         mse_all_u8=mse(frames, all_frames_u8),
         mse_bernoulli_mean=float(bernoulli_mse.mean()),
         mse_bernoulli_std=float(bernoulli_mse.std()),
@@ -159,7 +162,7 @@ def evaluate_clip(
     return result, pictures
 
 
-def _decode_keeps(vae, latents: np.ndarray, keeps, batch_size: int) -> np.ndarray:
+def decode_keeps(vae, latents: np.ndarray, keeps, batch_size: int) -> np.ndarray:
     """Decode one clip's latents `(T, P, L)` under each keep mask of `keeps (N, T)`: `(N, T, h, w, 3)`.
 
     Goes through the real file path - pack the kept frames, then place them among fill tokens - so what
@@ -198,6 +201,7 @@ class Summary:
     combined_bytes: float
     psnr_all: float
     ssim_all: float
+    ms_ssim_all: float
     mse_all_u8: float
 
 
@@ -221,6 +225,7 @@ def summarize(results: Sequence[ClipEvaluation]) -> Summary:
         combined_bytes=temporal * byte_ratio,
         psnr_all=float(np.mean([r.psnr_all for r in results])),
         ssim_all=float(np.mean([r.ssim_all for r in results])),
+        ms_ssim_all=float(np.mean([r.ms_ssim_all for r in results])),
         mse_all_u8=float(np.mean([r.mse_all_u8 for r in results])),
     )
 
@@ -275,9 +280,13 @@ def markdown_table(results: Sequence[ClipEvaluation]) -> str:
         f"Bernoulli MSE {s.mse_bernoulli:.4f}; "
         f"mean keep rate {s.keep_rate:.1%} ({s.kept_mean:.1f}/{s.frames:.1f}); temporal {s.temporal:.1f}x; "
         f"combined {s.combined:.0f}x in values, {s.combined_bytes:.0f}x in bytes; PSNR {_db(s.psnr_all)}; "
-        f"SSIM {s.ssim_all:.3f} ({s.clips} clips)",
+        f"SSIM {s.ssim_all:.3f}; MS-SSIM {_ms_ssim(s.ms_ssim_all)} ({s.clips} clips)",
     ]
     return "\n".join(lines)
+
+
+def _ms_ssim(value: float) -> str:
+    return "n/a (frames under 11 px)" if math.isnan(value) else f"{value:.3f}"
 
 
 def _db(value: float) -> str:

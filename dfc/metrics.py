@@ -1,18 +1,26 @@
-"""Reconstruction quality of a video against its original: MSE, PSNR and SSIM, in numpy.
+"""Reconstruction quality of a video against its original: MSE, PSNR, SSIM and MS-SSIM.
 
-Videos are `(T, H, W, C)` floats in `[0, 1]` (uint8 frames are scaled first). Scores are averaged over
-frames, so a clip of any length gives one number each.
+Videos are `(T, H, W, C)` floats in `[0, 1]` (uint8 frames are scaled first). PSNR, SSIM and MS-SSIM
+come from torchmetrics (Lightning AI's maintained metric library; imported only when a score is asked
+for). PSNR is over the whole clip (its mean squared error); SSIM and MS-SSIM are means over frames.
+
+SSIM: Gaussian window 11 / sigma 1.5 (Wang et al. 2004), shrunk to the frame on frames under 11 px.
+MS-SSIM: five scales with the weights of Wang et al. (2003) need frames of at least 176 px (torchmetrics'
+rule for an 11-px window at the coarsest scale); smaller frames get as many scales as fit, with the
+first weights renormalised to sum to 1 (`ms_ssim_scales` says how many), and frames under 11 px get
+no MS-SSIM at all (NaN, shown as n/a).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-# SSIM constants of Wang et al. (2004) for a dynamic range of 1.
-_SSIM_C1 = 0.01**2
-_SSIM_C2 = 0.03**2
-_SSIM_WINDOW = 11
-_SSIM_SIGMA = 1.5
+WINDOW = 11
+SIGMA = 1.5
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+_FRAMES_PER_BATCH = 16  # frames scored together: bounds memory at large sizes
 
 
 def as_unit_float(video: np.ndarray) -> np.ndarray:
@@ -30,24 +38,70 @@ def mse(original: np.ndarray, reconstruction: np.ndarray) -> float:
 
 def psnr(original: np.ndarray, reconstruction: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB for a peak of 1; infinite for identical videos."""
-    error = mse(original, reconstruction)
-    return float("inf") if error == 0 else float(10.0 * np.log10(1.0 / error))
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    a, b = _tensors(original, reconstruction)
+    return float(peak_signal_noise_ratio(b, a, data_range=1.0))
 
 
 def ssim(original: np.ndarray, reconstruction: np.ndarray) -> float:
-    """Mean structural similarity: Gaussian window 11 / sigma 1.5 per channel, averaged over frames."""
-    a, b = as_unit_float(original), as_unit_float(reconstruction)
-    _check_same_shape(a, b)
-    if a.ndim == 3:
-        a, b = a[..., None], b[..., None]
-    blur = _gaussian_blur
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
-    numerator = (2 * mu_a * mu_b + _SSIM_C1) * (2 * cov + _SSIM_C2)
-    denominator = (mu_a**2 + mu_b**2 + _SSIM_C1) * (var_a + var_b + _SSIM_C2)
-    return float(np.mean(numerator / denominator))
+    """Mean structural similarity over frames (1 for identical frames)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    a, b = _tensors(original, reconstruction, float32=True)
+    window = _window(min(a.shape[-2:]))
+    return _mean_over_frames(
+        a,
+        b,
+        lambda x, y: structural_similarity_index_measure(
+            y, x, data_range=1.0, kernel_size=window, sigma=SIGMA, reduction="none"
+        ),
+    )
+
+
+def ms_ssim_scales(height: int, width: int) -> int:
+    """How many MS-SSIM scales frames of this size allow (5 from 176 px; 0: too small for any)."""
+    side = min(height, width)
+    for scales in range(len(MS_SSIM_WEIGHTS), 1, -1):
+        if side >= 2**scales and side // (scales - 1) ** 2 > WINDOW - 1:
+            return scales
+    return 0
+
+
+def ms_ssim_note(height: int, width: int) -> str:
+    """How MS-SSIM is computed at this frame size, in words."""
+    scales = ms_ssim_scales(height, width)
+    if scales == 0:
+        return "n/a: frames under 11 px"
+    if scales == len(MS_SSIM_WEIGHTS):
+        return "at 5 scales"
+    return f"at {scales} scales (frames under 176 px; first {scales} weights, renormalised)"
+
+
+def ms_ssim(original: np.ndarray, reconstruction: np.ndarray) -> float:
+    """Mean multi-scale SSIM over frames, at `ms_ssim_scales` scales; NaN for frames too small for two."""
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
+    a, b = _tensors(original, reconstruction, float32=True)
+    scales = ms_ssim_scales(*a.shape[-2:])
+    if scales == 0:
+        return math.nan
+    weights = np.array(MS_SSIM_WEIGHTS[:scales])
+    betas = tuple(float(w) for w in weights / weights.sum())
+    return _mean_over_frames(
+        a,
+        b,
+        lambda x, y: multiscale_structural_similarity_index_measure(
+            y,
+            x,
+            data_range=1.0,
+            kernel_size=WINDOW,
+            sigma=SIGMA,
+            betas=betas,
+            normalize="relu",
+            reduction="none",
+        ),  # fmt: skip
+    )
 
 
 def _check_same_shape(a: np.ndarray, b: np.ndarray) -> None:
@@ -55,24 +109,31 @@ def _check_same_shape(a: np.ndarray, b: np.ndarray) -> None:
         raise ValueError(f"videos differ in shape: {a.shape} vs {b.shape}")
 
 
-def _gaussian_kernel(size: int, sigma: float) -> np.ndarray:
-    x = np.arange(size, dtype=np.float64) - (size - 1) / 2
-    kernel = np.exp(-(x**2) / (2 * sigma**2))
-    return kernel / kernel.sum()
+def _tensors(original: np.ndarray, reconstruction: np.ndarray, float32: bool = False):
+    """`(T, C, H, W)` float64 tensors of two videos (a single frame `(H, W, C)` or `(H, W)` is one frame).
+
+    float32 for the windowed scores: torch's float64 convolutions on CPU are about 10x slower.
+    """
+    import torch
+
+    a, b = as_unit_float(original), as_unit_float(reconstruction)
+    _check_same_shape(a, b)
+    if a.ndim == 2:
+        a, b = a[None, ..., None], b[None, ..., None]
+    elif a.ndim == 3:
+        a, b = a[None], b[None]
+    dtype = np.float32 if float32 else np.float64
+    return (torch.from_numpy(np.ascontiguousarray(v.transpose(0, 3, 1, 2), dtype)) for v in (a, b))
 
 
-def _gaussian_blur(video: np.ndarray) -> np.ndarray:
-    """Separable blur over H and W of `(T, H, W, C)`; edges reflect, so small frames still get a score."""
-    size = min(_SSIM_WINDOW, video.shape[1], video.shape[2])
-    size -= 1 - size % 2  # odd, so the window has a centre
-    kernel = _gaussian_kernel(size, _SSIM_SIGMA)
-    pad = size // 2
-    out = video
-    for axis in (1, 2):
-        widths = [(0, 0)] * out.ndim
-        widths[axis] = (pad, pad)
-        padded = np.pad(out, widths, mode="reflect")
-        out = sum(
-            kernel[i] * np.take(padded, np.arange(i, i + out.shape[axis]), axis=axis) for i in range(size)
-        )
-    return out
+def _window(side: int) -> int:
+    size = min(WINDOW, side)
+    return size - (1 - size % 2)  # odd, so the window has a centre
+
+
+def _mean_over_frames(a, b, score) -> float:
+    total = 0.0
+    for start in range(0, a.shape[0], _FRAMES_PER_BATCH):
+        stop = start + _FRAMES_PER_BATCH
+        total += float(score(a[start:stop], b[start:stop]).sum())
+    return total / a.shape[0]

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dfc.container import ClipLatents, CompressedVideo, KeepSettings, stored_values
+from dfc.container import ClipLatents, CompressedVideo, KeepSettings
+from dfc.latent_values import stored_values
 from dfc.video import VideoInfo, check_clip_frames, fit_clips, open_video
 
 

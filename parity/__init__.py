@@ -7,4 +7,6 @@ model, to torch through the subject's conversion table; `runner` runs the refere
 side by side; `tolerance` and `metrics` judge each layer; `report` and `figures` write what was found;
 `mistakes` plants real porting bugs so tests can prove the suite catches them; `environment` records and
 pins what decides numerics. This repository's VAE and DiT are the plug-in `parity.suites.vae_dit`.
+Across processes: `trace` writes and reads one side's captures on disk, `trace_run` runs one side (or both,
+one after the other) into traces, and `compare` judges traces made elsewhere into the same report.
 """

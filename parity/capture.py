@@ -84,6 +84,9 @@ class Recorder:
         self.capture = Capture()
         self.step_path = step_path
         self.keep_inputs = keep_inputs
+        # `sink(call) -> call | None`: takes each finished call (a trace writes its arrays out and hands
+        # back the call without values, or None to leave it out); None keeps every call in memory
+        self.sink: Callable[[Call], Call | None] | None = None
         self._steps_started = 0
         self._step: int | None = None
         self._repeats: dict[tuple[int | None, str], int] = {}
@@ -102,12 +105,23 @@ class Recorder:
         repeat = self._repeats.get((step, path), 0)
         self._repeats[(step, path)] = repeat + 1
         keep = self.keep_inputs(path) if callable(self.keep_inputs) else self.keep_inputs
-        inputs = map_leaves((tuple(args), dict(kwargs)), lambda x: self.record_array(path, x, keep))
+        seen = []  # every array after the call's first is kept all the same (see `replay_inputs`)
+
+        def record(leaf):
+            recorded = self.record_array(path, leaf, keep or bool(seen))
+            if isinstance(recorded, Recorded):
+                seen.append(recorded)
+            return recorded
+
+        inputs = map_leaves((tuple(args), dict(kwargs)), record)
         outputs = self.flatten(path, output)
         call = Call(path, kind, step, repeat, inputs, outputs)
-        self.capture.calls[call.key] = call
         if path == self.step_path:
             self._step = None
+        if self.sink is not None:
+            call = self.sink(call)
+        if call is not None:
+            self.capture.calls[call.key] = call
 
     def flatten(self, path: str, output: Any) -> dict[str, Recorded]:
         out = {}
@@ -127,11 +141,31 @@ def qualified(model_name: str, path: str, several_models: bool) -> str:
 
 def replay_inputs(own: Call, reference: Call, convert) -> tuple[tuple, dict]:
     """`own`'s (args, kwargs) with every array replaced by the reference's array at the same position,
-    converted by `convert(reference_recorded, own_recorded)` into the side's own dtype and layout."""
-    values = iter(reference.input_arrays())
-    own_count, ref_count = len(own.input_arrays()), len(reference.input_arrays())
+    converted by `convert(reference_recorded, own_recorded)` into the side's own dtype and layout.
+
+    Two implementations written independently may hand a module different arguments: transformers'
+    torch GPT2Block gets the hidden states, the cache positions and a 4-D causal mask, its Flax twin the
+    hidden states alone. When the counts differ, the first array (the activation) is the reference's and
+    every other array is the side's own, as it was in the side's own run (the recorder keeps those).
+    """
+    references = reference.input_arrays()
+    own_count, ref_count = len(own.input_arrays()), len(references)
     if own_count != ref_count:
-        raise ValueError(f"{own.key}: called with {own_count} arrays here but {ref_count} in the reference")
+        if not own_count or not ref_count:
+            raise ValueError(f"{own.key}: called with {own_count} arrays here, {ref_count} in the reference")
+        position = iter(range(own_count))
+
+        def substitute_first(leaf):
+            if not isinstance(leaf, Recorded):
+                return leaf
+            if next(position) == 0:
+                return convert(references[0], leaf)
+            if leaf.value is None:
+                raise ValueError(f"{own.key}: its own input was not kept, so it cannot be replayed")
+            return convert(leaf, leaf)
+
+        return map_leaves(own.inputs, substitute_first)
+    values = iter(references)
 
     def substitute(leaf):
         return convert(next(values), leaf) if isinstance(leaf, Recorded) else leaf

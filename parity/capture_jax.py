@@ -53,6 +53,8 @@ class JaxRecorder(Recorder):
             return leaf
         if not keep_value:
             return Recorded(str(leaf.dtype), tuple(leaf.shape))
+        if self.sink is not None:  # a trace stores each array once itself; holding them here would not bound
+            return Recorded(str(leaf.dtype), tuple(leaf.shape), as_numpy(jax.device_get(leaf)))
         if isinstance(leaf, jax.Array) and id(leaf) in self._seen:
             return self._seen[id(leaf)][1]
         recorded = Recorded(str(leaf.dtype), tuple(leaf.shape), as_numpy(jax.device_get(leaf)))
@@ -175,8 +177,9 @@ class JaxSide:
         self.modules = module_paths(self.nnx, len(self.models) > 1)
         self.fw = JaxFramework()
 
-    def capture(self, case, inputs: Mapping[str, np.ndarray], keep_inputs: bool = True) -> Capture:
+    def capture(self, case, inputs: Mapping[str, np.ndarray], keep_inputs: bool = True, sink=None) -> Capture:
         recorder = JaxRecorder(case.step_path, keep_inputs)
+        recorder.sink = sink
         native = {k: self.fw.asarray(v) for k, v in inputs.items()}
         with recording(self.modules, recorder), linen_recording(self.linen, recorder) as bound:
             output = case.run(self.fw, {**self.models, **bound}, native)

@@ -74,13 +74,16 @@ class TorchRecorder(Recorder):
         return Recorded(dtype_name(leaf.dtype), shape, value)
 
 
-def module_paths(models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+def module_paths(models: Mapping[str, nn.Module], renames: Mapping[str, str] = {}) -> dict[str, nn.Module]:
+    """`{path: module}` of every module of every model; `renames` maps a torch path to the reference's name
+    for the same module where the two differ (a subject's `paths`)."""
     several = len(models) > 1
-    return {
-        qualified(name, path, several): module
-        for name, model in models.items()
-        for path, module in model.named_modules()
-    }
+    found = {}
+    for name, model in models.items():
+        for path, module in model.named_modules():
+            path = qualified(name, path, several)
+            found[renames.get(path, path)] = module
+    return found
 
 
 @contextmanager
@@ -114,15 +117,17 @@ class TorchSide:
         models: Mapping[str, nn.Module],
         device: str = "cpu",
         channels_first: Sequence[str] = (),
+        renames: Mapping[str, str] = {},
     ):
         self.name = name
         self.models = {k: m.eval() for k, m in models.items()}
-        self.modules = module_paths(self.models)
+        self.modules = module_paths(self.models, renames)
         self.fw = TorchFramework(device)
         self.channels_first = channels_first_rule(channels_first)
 
-    def capture(self, case, inputs: Mapping[str, np.ndarray], keep_inputs: bool = True) -> Capture:
+    def capture(self, case, inputs: Mapping[str, np.ndarray], keep_inputs: bool = True, sink=None) -> Capture:
         recorder = TorchRecorder(self.channels_first, case.step_path, keep_inputs)
+        recorder.sink = sink
         native = {k: self.fw.asarray(v) for k, v in inputs.items()}
         with torch.inference_mode(), recording(self.modules, recorder):
             output = case.run(self.fw, self.models, native)

@@ -198,6 +198,10 @@ def to_markdown(result: RunResult, files: dict[str, str] | None = None) -> str:
     for key in ("orbax", "weights"):
         if key in s:
             out.append(f"- {key}: `{s[key]}`")
+    for name, trace in s.get("traces", {}).items():  # a run judged from traces (parity/compare.py)
+        layers = f", layers `{trace['trace_layers']}` only" if trace.get("trace_layers") else ""
+        out.append(f"- {trace['side']} trace `{name}`: {trace['size']}{layers}")
+    out += [f"- note: {note}" for note in s.get("notes", [])]
     t = result.tolerance
     out += [
         "",

@@ -125,9 +125,11 @@ class Lineup:
         settings: Settings,
         weights: Mapping[str, Mapping[str, np.ndarray]] | None = None,
         torch_models: Mapping[str, Any] | None = None,
+        frameworks: tuple[str, ...] = ("jax", "torch"),
     ) -> Lineup:
         """Random weights (seeded) unless `weights` (flax leaves per subject) are given; torch models are
-        converted from those weights unless given (e.g. loaded from converted files)."""
+        converted from those weights unless given (e.g. loaded from converted files). `frameworks` says
+        which sides to build: a run that saves a trace holds one framework's models at a time."""
         import jax.numpy as jnp
 
         from parity.transfer import jax_model, reference_weights, torch_model
@@ -137,11 +139,14 @@ class Lineup:
         for name, s in subjects.items():
             flat = dict(weights[name]) if weights and name in weights else reference_weights(s, settings.seed)
             lineup.weights[name] = flat
-            lineup.reference[name] = jax_model(s, flat, jnp.float32, None)
-            if not settings.is_fp32:
+            if "jax" in frameworks:
+                lineup.reference[name] = jax_model(s, flat, jnp.float32, None)
+            if "jax" in frameworks and not settings.is_fp32:
                 for variant in settings.variants:
                     model = jax_model(s, flat, jnp.bfloat16, variant)
                     lineup.jax.setdefault(variant, {})[name] = model
+            if "torch" not in frameworks:
+                continue
             if torch_models and name in torch_models:
                 lineup.torch[name] = torch_models[name]
             else:
@@ -149,17 +154,43 @@ class Lineup:
         return lineup
 
     def sides(self, case: Case):
+        return self.reference_side(case), self.jax_sides(case), self.torch_side(case)
+
+    def _pick(self, models: Mapping[str, Any], case: Case) -> dict[str, Any]:
+        return {name: models[name] for name in case.models}
+
+    def reference_side(self, case: Case):
         from parity.capture_jax import JaxSide
+
+        return JaxSide("reference", self._pick(self.reference, case))
+
+    def jax_sides(self, case: Case) -> dict[str, Any]:
+        from parity.capture_jax import JaxSide
+
+        return {judge: JaxSide(f"jax bf16 {judge}", self._pick(m, case)) for judge, m in self.jax.items()}
+
+    def torch_side(self, case: Case):
         from parity.capture_torch import TorchSide
 
-        pick = lambda models: {name: models[name] for name in case.models}  # noqa: E731
         channels_first = tuple(p for name in case.models for p in _qualified(self.subjects[name], case))
-        reference = JaxSide("reference", pick(self.reference))
-        jax_sides = {judge: JaxSide(f"jax bf16 {judge}", pick(models)) for judge, models in self.jax.items()}
-        torch_side = TorchSide(
-            f"torch {_name(self.settings.precision)}", pick(self.torch), self.settings.device, channels_first
+        return TorchSide(
+            f"torch {_name(self.settings.precision)}",
+            self._pick(self.torch, case),
+            self.settings.device,
+            channels_first,
+            {torch: ref for ref, torch in _paths(self.subjects, case).items() if torch is not None},
         )
-        return reference, jax_sides, torch_side
+
+
+def _paths(subjects: Mapping[str, Subject], case: Case) -> dict[str, str | None]:
+    """The subjects' `paths` (reference path -> torch path or None), qualified as the case's calls are."""
+    several = len(case.models) > 1
+    out = {}
+    for name in case.models:
+        for ref, torch in subjects[name].paths.items():
+            key = f"{name}/{ref}" if several else ref
+            out[key] = None if torch is None else (f"{name}/{torch}" if several else torch)
+    return out
 
 
 def _qualified(subject: Subject, case: Case) -> tuple[str, ...]:
@@ -255,6 +286,25 @@ def _rows(
     return rows
 
 
+def carried(capture: Capture) -> dict[str, dict[str, Recorded] | str]:
+    return _carried(capture)
+
+
+def rows(
+    case: Case, mode: str, reference: Capture, torch_out, jax_out, torch_cap, jax_caps, judges
+) -> list[Row]:
+    """The judged rows of one case in one mode (see `_rows`); traces are judged through here too."""
+    return _rows(case, mode, reference, torch_out, jax_out, torch_cap, jax_caps, judges)
+
+
+def input_digest(inputs: Mapping[str, np.ndarray]) -> str:
+    return _digest(inputs)
+
+
+def name_of(value) -> str:
+    return _name(value)
+
+
 def run_case(case: Case, lineup: Lineup, inputs: Mapping[str, np.ndarray] | None = None) -> list[CaseResult]:
     """One CaseResult per mode of the lineup's settings."""
     settings = lineup.settings
@@ -293,6 +343,8 @@ def run_case(case: Case, lineup: Lineup, inputs: Mapping[str, np.ndarray] | None
                 for j in jax_caps
             }
         result.rows = _rows(case, result.mode, reference, torch_out, jax_out, torch_cap, jax_caps, judges)
+        unpaired = {ref for ref, torch in _paths(lineup.subjects, case).items() if torch is None}
+        result.rows = [row for row in result.rows if row.path not in unpaired]
         result.only_torch = [k for k in torch_cap.calls if k not in reference.calls]
     return results
 
@@ -334,7 +386,7 @@ def run(
                 "device": settings.device,
                 "seed": settings.seed,
                 "verdict_judge": settings.verdict_judge,
-                "subjects": {name: _describe_subject(s) for name, s in subjects.items()},
+                "subjects": {name: describe_subject(s) for name, s in subjects.items()},
                 **dict(describe or {}),
             },
             environment=environment,
@@ -351,7 +403,7 @@ def run(
     return result
 
 
-def _describe_subject(subject: Subject) -> dict[str, Any]:
+def describe_subject(subject: Subject) -> dict[str, Any]:
     cfg = subject.config
     return {
         "config": cfg.to_dict() if hasattr(cfg, "to_dict") else repr(cfg),

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 
-def _is_namedtuple(value: Any) -> bool:
+def is_namedtuple(value: Any) -> bool:
     return isinstance(value, tuple) and hasattr(value, "_fields")
 
 
@@ -19,7 +19,7 @@ def named_leaves(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     NamedTuple fields, `[name]` for dict keys. `None` leaves are skipped (an absent mask is no output)."""
     if value is None:
         return
-    if _is_namedtuple(value):
+    if is_namedtuple(value):
         for field in value._fields:
             yield from named_leaves(getattr(value, field), f"{prefix}.{field}")
     elif isinstance(value, tuple | list):
@@ -36,7 +36,7 @@ def map_leaves(value: Any, fn: Callable[[Any], Any]) -> Any:
     """The same structure with every non-container, non-None leaf replaced by `fn(leaf)`."""
     if value is None:
         return None
-    if _is_namedtuple(value):
+    if is_namedtuple(value):
         return type(value)(*(map_leaves(v, fn) for v in value))
     if isinstance(value, tuple | list):
         return type(value)(map_leaves(v, fn) for v in value)

@@ -51,6 +51,11 @@ class Subject:
     init_weights: Callable[[int], dict[str, np.ndarray]] | None = None
     # () -> positional arguments for a Linen module's `init` (Linen modules create parameters on a call)
     example_args: Callable[[], tuple] | None = None
+    # reference module path -> torch module path, for modules that hold no weights and that two
+    # implementations written apart name differently (transformers' GPT-2: Flax `dropout`, torch `drop`);
+    # None for a reference module with no torch counterpart, which is then not compared (Linen's block
+    # collection `h`, a plain ModuleList in torch). Modules with weights are paired by the table's names.
+    paths: Mapping[str, str | None] = field(default_factory=dict)
 
     def jax_variants(self) -> tuple[str, ...]:
         return self.variants or (BF16,)

@@ -7,6 +7,8 @@ bytes on disk, and that every bad input is one clear line with nothing left behi
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from cli_helpers import dfc, one_line_error, save_weights
@@ -72,11 +74,27 @@ def test_the_file_holds_only_kept_frames_and_the_ratios_are_in_bytes(long_compre
     path, stdout = long_compressed
     cv = read_container(path)
     latent_bytes = cv.kept_frames * cv.model.num_patches * cv.model.latent_dim * 2  # bf16
-    assert latent_bytes < path.stat().st_size < latent_bytes + 8192
+    coded = int(
+        re.search(r"\(([\d,]+) B of bf16 latents, zstd-coded from ([\d,]+) B", stdout)[1].replace(",", "")
+    )
+    assert f"zstd-coded from {latent_bytes:,} B" in stdout and coded < latent_bytes
+    assert coded < path.stat().st_size < coded + 8192
     raw = 70 * 45 * 27 * 3
     assert f"{raw / path.stat().st_size:.1f}x vs raw uint8 frames" in stdout
     assert "vs the input file" in stdout
     assert "ratios are in bytes" in stdout
+
+
+def test_without_entropy_coding_the_file_is_version_1_and_holds_the_same_latents(
+    files, long_compressed, tmp_path
+):
+    plain = tmp_path / "plain.dfc"
+    args = ("--weights", files["weights"], "--clip-frames", 16, "--quiet", "--entropy", "none")
+    assert dfc("compress", files["long"], plain, *args).returncode == 0
+    coded_cv, plain_cv = read_container(long_compressed[0]), read_container(plain)
+    assert (coded_cv.latent_coding, plain_cv.latent_coding) == ("zstd", "none")
+    assert long_compressed[0].stat().st_size < plain.stat().st_size
+    assert all(np.array_equal(a.latents, b.latents) for a, b in zip(coded_cv.clips, plain_cv.clips))
 
 
 def test_top_k_keeps_the_k_most_probable_frames_of_each_clip_in_time_order(files, tmp_path):

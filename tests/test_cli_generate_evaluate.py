@@ -1,4 +1,4 @@
-"""`dfc generate` and `dfc evaluate` as a user runs them, plus the metrics and generation API under them.
+"""`dfc generate` and `dfc evaluate` as a user runs them, plus the generation API under them.
 
 Models are the random-weight `vae-tiny` / `dit-tiny` pair (they fit: 16 patches x 24 latent channels).
 """
@@ -14,7 +14,6 @@ import pytest
 from cli_helpers import dfc, one_line_error, save_weights
 from videos import make_test_video
 
-from dfc.metrics import mse, psnr, ssim
 from dfc.video import probe, read_video
 
 
@@ -113,6 +112,11 @@ def evaluated(weights, tmp_path_factory):
         "--topk",
         "4,1",
         "--quiet",
+        "--rd",
+        "--baseline",
+        "x264,x265",
+        "--crf",
+        "30,51",
     )
     result = dfc("evaluate", videos, *args)
     assert result.returncode == 0, result.stderr
@@ -192,14 +196,86 @@ def test_evaluate_will_not_resume_a_run_made_with_other_settings(evaluated, weig
     assert (out / "dfc-ledger.jsonl").read_bytes() == before
 
 
-# -------------------------------------------------------------------------------------------- metrics
+# ---------------------------------------------------------------------------------- evaluate --rd
 
 
-def test_metrics_of_a_video_against_itself_and_a_shifted_copy():
-    video = np.random.default_rng(0).random((3, 16, 20, 3))
-    assert mse(video, video) == 0 and psnr(video, video) == float("inf")
-    assert ssim(video, video) == pytest.approx(1)
-    brighter = video + 0.1
-    assert mse(video, brighter) == pytest.approx(0.01)
-    assert psnr(video, brighter) == pytest.approx(20.0)
-    assert abs(ssim(video, np.random.default_rng(1).random(video.shape))) < 0.1  # unrelated noise
+def _rd_rows(out):
+    return list(csv.DictReader((out / "rd" / "rd.csv").open()))
+
+
+def test_evaluate_rd_measures_every_dfc_setting_and_both_baselines_per_clip_and_for_the_mean(evaluated):
+    out, _ = evaluated
+    rows = _rd_rows(out)
+    clips = ["moving_clip0_8f", "moving_clip1_8f", "moving_clip2_4f", "still_clip0_1f"]
+    for clip in [*clips, "mean"]:
+        mine = [r for r in rows if r["clip"] == clip]
+        dfc_settings = {r["setting"] for r in mine if r["codec"] == "dfc"}
+        assert dfc_settings == {
+            f"top-{k} {d} {c}" for k in (4, 1) for d in ("bf16", "f32", "u8") for c in ("none", "zstd")
+        }
+        assert sorted(r["setting"] for r in mine if r["codec"] == "x264") == ["crf 30", "crf 51"]
+        assert sorted(r["setting"] for r in mine if r["codec"] == "x265") == ["crf 30", "crf 51"]
+    for row in rows:
+        if row["clip"] != "mean":  # bits per pixel of the whole file, at the model's 32x32
+            assert float(row["bpp"]) == pytest.approx(
+                8 * float(row["bytes"]) / (int(row["frames"]) * 32 * 32), rel=1e-4
+            )
+    clip0 = {(r["codec"], r["setting"]): r for r in rows if r["clip"] == "moving_clip0_8f"}
+    assert float(clip0[("x264", "crf 30")]["psnr"]) > float(clip0[("x264", "crf 51")]["psnr"])
+    assert float(clip0[("x264", "crf 30")]["bytes"]) > float(clip0[("x264", "crf 51")]["bytes"])
+    # entropy coding is lossless: the same quality, fewer bytes for bf16 latents
+    plain, coded = clip0[("dfc", "top-4 bf16 none")], clip0[("dfc", "top-4 bf16 zstd")]
+    assert plain["psnr"] == coded["psnr"] and float(coded["bytes"]) < float(plain["bytes"])
+
+
+def test_a_dfc_point_counts_the_bytes_of_the_file_compress_writes(evaluated, weights, tmp_path):
+    out, _ = evaluated
+    point = next(
+        r for r in _rd_rows(out) if r["clip"] == "still_clip0_1f" and r["setting"] == "top-1 u8 zstd"
+    )
+    target = tmp_path / "still.dfc"
+    args = ("--weights", weights / "vae", "--keep", 1, "--latent-dtype", "u8", "--quiet")
+    assert dfc("compress", out.parent / "videos" / "still.avi", target, *args).returncode == 0
+    # the same file but for the source name and the weights path that compress records in it
+    assert abs(target.stat().st_size - float(point["bytes"])) < 400
+
+
+def test_evaluate_rd_writes_bd_rates_curves_and_a_summary_naming_ffmpeg(evaluated):
+    out, stdout = evaluated
+    document = json.loads((out / "rd" / "rd.json").read_text())
+    assert document["settings"]["ffmpeg"].startswith("ffmpeg version")
+    assert document["settings"]["baselines"]["x264"][:4] == ["-c:v", "libx264", "-preset", "medium"]
+    assert document["settings"]["crfs"] == [30, 51]
+    # random weights decode to noise: nowhere near x264's quality, so no BD-rate, and it says why
+    assert (
+        document["bd_rate_percent"]["mean"]["dfc bf16 zstd"]["x264 psnr"]
+        == "n/a: the quality ranges do not overlap"
+    )
+    assert document["coding_gain"]["bf16 zstd"] > 0
+    summary = (out / "rd" / "rd.md").read_text()
+    assert "ffmpeg version" in summary and "-preset medium -crf <CRF>" in summary
+    assert "MS-SSIM at 2 scales (frames under 176 px" in summary
+    assert "| mean | dfc bf16 zstd | n/a: the quality ranges do not overlap" in summary
+    assert "rd       dfc bf16 zstd: BD-rate x264 PSNR n/a" in stdout and "entropy coding saves" in stdout
+    curves = sorted(p.name for p in (out / "rd" / "curves").iterdir())
+    assert curves == ["rd_mean.png"] + [
+        f"rd_{c}.png" for c in ("moving_clip0_8f", "moving_clip1_8f", "moving_clip2_4f", "still_clip0_1f")
+    ]
+
+
+def test_evaluate_rd_refuses_an_unknown_baseline_in_one_line(weights, tmp_path):
+    (tmp_path / "v").mkdir()
+    make_test_video(tmp_path / "v" / "a.mp4", 2, 32, 32)
+    result = dfc(
+        "evaluate",
+        tmp_path / "v",
+        "--weights",
+        weights / "vae",
+        "--out",
+        tmp_path / "r",
+        "--rd",
+        "--baseline",
+        "vp9",
+    )
+    assert "--baseline takes x264, x265 or none" in one_line_error(result, "evaluate")
+    assert not (tmp_path / "r").exists()

@@ -8,6 +8,7 @@ import json
 import os
 import struct
 import time
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -15,24 +16,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dfc import container
+from dfc import container, entropy
 from dfc.container import (
     ClipLatents,
     CompressedVideo,
     ContainerError,
     KeepSettings,
     ModelInfo,
-    bf16_bits_to_float32,
     decode_container,
     encode_container,
-    float32_to_bf16_bits,
     read_container,
-    stored_values,
     weights_fingerprint,
     write_container,
 )
 from dfc.container_report import quantization_effect, size_report
 from dfc.errors import UserError
+from dfc.latent_values import bf16_bits_to_float32, float32_to_bf16_bits, stored_values
 from dfc.video import crop_box, split_clips
 
 WEIGHTS = "sha256:0123456789abcdef"
@@ -274,8 +273,12 @@ def test_the_test_writer_matches_the_real_one():
 
 def test_other_versions_are_refused_with_the_reason():
     header, payload = _split(ENCODED)
-    header["__metadata__"]["format_version"] = "2"
+    header["__metadata__"]["format_version"] = "3"
     assert "newer dfc" in _refused(_join(header, payload))
+    header["__metadata__"]["format_version"] = "2"  # version 2 is for entropy-coded latents
+    assert "latent coding 'none'" in _refused(_join(header, payload))
+    header["__metadata__"]["format_version"] = "9" * 5000
+    assert "not a version" in _refused(_join(header, payload))
     header["__metadata__"]["format_version"] = "0"
     assert "format version 0" in _refused(_join(header, payload))
     header["__metadata__"]["format"] = "something-else"
@@ -455,3 +458,104 @@ def test_packing_is_a_negligible_part_of_a_compress():
         decode_container(encode_container(cv))
     per_round_trip = (time.perf_counter() - started) / 5
     assert per_round_trip < 0.1  # a compress of 64 frames at 256x256 takes many seconds on CPU
+
+
+# ------------------------------------------------------------------------- entropy-coded latents (v2)
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("kind", ["bf16", "u8"])
+def test_a_version_1_file_written_before_entropy_coding_still_reads(kind):
+    # tests/data/format_v1_*.dfc were written by the version-1 writer (dfc 0.1.0) from these make_video calls
+    data = (DATA / f"format_v1_{kind}.dfc").read_bytes()
+    assert _split(data)[0]["__metadata__"]["format_version"] == "1"
+    seed, values = (11, "bf16") if kind == "bf16" else (12, "normal")
+    layout = {"num_frames": 10, "clip_frames": 6, "hw": 2, "latent_dim": 3}
+    expected = make_video(seed, **layout, latent_dtype=kind, values=values)
+    read = decode_container(data)
+    for clip in expected.clips:
+        clip.latents = stored_values(clip.latents, kind)
+    _assert_same(expected, read)
+    assert read.latent_coding == "none"
+    if kind == "bf16":  # plain latents are still written as version 1, byte for byte
+        assert encode_container(read) == data
+
+
+@settings(max_examples=40, deadline=None)
+@given(layout=layouts, kind=st.sampled_from(["f32", "bf16", "u8"]))
+def test_entropy_coded_latents_read_back_bit_for_bit_as_version_2(layout, kind):
+    num_frames, clip_frames, hw, latent_dim, seed = layout
+    cv = make_video(seed, num_frames=num_frames, clip_frames=clip_frames, hw=hw, latent_dim=latent_dim)
+    cv = dataclasses.replace(cv, latent_dtype=kind, latent_coding="zstd")
+    for clip in cv.clips:  # any bf16 value; 8-bit codes need a finite range, so normal values there
+        if kind != "u8":
+            clip.latents = _random_floats(np.random.default_rng(seed), clip.latents.shape, "bf16")
+    data = encode_container(cv)
+    header, _ = _split(data)
+    assert header["__metadata__"]["format_version"] == "2"
+    assert "clip.00000.latents.zstd" in header and "clip.00000.latents" not in header
+    coded = decode_container(data)
+    plain = decode_container(encode_container(dataclasses.replace(cv, latent_coding="none")))
+    _assert_same(dataclasses.replace(coded, latent_coding="none"), plain)  # lossless: what plain gives
+    if kind != "u8":
+        _assert_same(cv, coded)
+
+
+def test_entropy_coding_makes_smooth_latents_smaller():
+    rng = np.random.default_rng(0)
+    cv = make_video(13, hw=64, latent_dim=8)
+    for clip in cv.clips:  # latents with the spread of a trained VAE's: a few bits of entropy per value
+        clip.latents = (rng.standard_normal(clip.latents.shape) * 0.5).astype(np.float32)
+    for kind in ("bf16", "u8", "f32"):
+        plain = encode_container(dataclasses.replace(cv, latent_dtype=kind))
+        coded = encode_container(dataclasses.replace(cv, latent_dtype=kind, latent_coding="zstd"))
+        assert len(coded) < len(plain), kind
+
+
+def _coded_file_with(blob) -> bytes:
+    """A well-formed, correctly checksummed version-2 file whose coded latents are `blob` (or `blob(raw)`)."""
+    cv = dataclasses.replace(make_video(14), latent_coding="zstd")
+    real = entropy.encode
+    coder = (lambda stored, coding: blob(real(stored))) if callable(blob) else lambda *_: blob
+    with mock.patch.object(entropy, "encode", coder):
+        return encode_container(cv)
+
+
+def test_a_hostile_declared_size_is_refused_before_anything_is_allocated():
+    import zstandard
+
+    # a zstd frame header declaring 1 TB of decoded latents, then one RLE block
+    bomb = b"\x28\xb5\x2f\xfd\xe0" + struct.pack("<Q", 1 << 40) + b"\x03\x00\x02\x00"
+    assert zstandard.frame_content_size(bomb) == 1 << 40
+    message = _refused(_coded_file_with(bomb))
+    assert "declare 1,099,511,627,776 B decoded, their shape needs" in message
+    sizeless = zstandard.ZstdCompressor(write_content_size=False).compress(b"x")
+    assert "no size" in _refused(_coded_file_with(sizeless))
+    assert "not a zstd frame" in _refused(_coded_file_with(b"not zstd at all"))
+    trailing = _coded_file_with(lambda good: good + b"junk")
+    assert "not exactly one whole zstd frame" in _refused(trailing)
+
+
+def test_latents_larger_than_the_limit_are_refused_by_their_shape_alone():
+    data = encode_container(dataclasses.replace(make_video(15), latent_coding="zstd"))
+    with mock.patch.object(entropy, "MAX_DECODED_BYTES", 16):
+        assert "more than the limit of 16 B per clip" in _refused(data)
+
+
+def test_the_coder_package_is_imported_only_for_coded_files(tmp_path):
+    import subprocess
+    import sys
+
+    here = Path(__file__).resolve().parent
+    code = (
+        f"import sys, dataclasses; sys.path[:0] = [{str(here)!r}, {str(here.parent)!r}]\n"
+        "from test_container import make_video\n"
+        "from dfc.container import decode_container, encode_container\n"
+        "decode_container(encode_container(make_video(1)))\n"
+        "assert 'zstandard' not in sys.modules\n"
+        "decode_container(encode_container(dataclasses.replace(make_video(1), latent_coding='zstd')))\n"
+        "assert 'zstandard' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr

@@ -8,6 +8,7 @@ training, which still goes through every step: jax_ref model, real Orbax checkpo
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -27,8 +28,12 @@ def _summary(stdout: str) -> dict[str, str]:
 
 
 def _check_outputs(out, summary):
-    for label in ("input", "kept", "compressed", "ratios", "decoded", "quality", "time"):
+    for label in ("input", "kept", "compressed", "ratios", "decoded", "quality", "rd", "time"):
         assert label in summary, summary
+    # "rd vs x264  .dfc 0.123 bpp at PSNR 6.0 dB; x264 0.1-0.4 bpp at 20.1-35.2 dB (CRF 51-18); ..."
+    assert re.match(
+        r"vs x264\s+\.dfc [\d.]+ bpp at PSNR -?[\d.]+ dB; x264 [\d.]+-[\d.]+ bpp at", summary["rd"]
+    )
     info = probe(out / "decoded.mp4")
     assert (info.num_frames, info.width, info.height, info.fps) == (48, 96, 72, 12)
     cv = read_container(out / "compressed.dfc")

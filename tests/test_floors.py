@@ -1,7 +1,7 @@
 """The house stays straight: every import runs down the floors of docs/ARCHITECTURE.md, or sideways
 within one package, never up and never between the three peers.
 
-    bench
+    bench     examples                  (peers)
     dfc
     parity
     jax_ref   torch_impl   convert      (peers: none imports another)
@@ -22,7 +22,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FLOORS = {"common": 0, "jax_ref": 1, "torch_impl": 1, "convert": 1, "parity": 2, "dfc": 3, "bench": 4}
+FLOORS = {
+    "common": 0,
+    "jax_ref": 1,
+    "torch_impl": 1,
+    "convert": 1,
+    "parity": 2,
+    "dfc": 3,
+    "bench": 4,
+    "examples": 4,
+}
 TEST_MODULES = {"tests"} | {path.stem for path in (REPO / "tests").glob("*.py")}
 _DASH_M = re.compile(r"(?:^|\s)-m\s+([A-Za-z_][\w.]*)")
 

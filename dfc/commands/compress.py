@@ -66,6 +66,13 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         help="how latents are stored: bf16 (default), u8 (8-bit per channel, half the bytes) or f32",
     )
     parser.add_argument(
+        "--entropy",
+        choices=("zstd", "none"),
+        default="zstd",
+        help="lossless coding of the stored latents: zstd (default; a version-2 file) or none (version 1, "
+        "readable by older dfc)",
+    )
+    parser.add_argument(
         "--measure",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -160,7 +167,7 @@ def _compress(state, source, on_frames, opened=None):
 
     args = state.args
     measure = args.measure if args.measure is not None else args.latent_dtype == "u8"
-    return compress_stream(
+    streamed = compress_stream(
         state.loaded.model,
         source,
         opened=opened,
@@ -177,13 +184,25 @@ def _compress(state, source, on_frames, opened=None):
         on_frames=on_frames,
         extra={"weights_source": _recordable(state.loaded.source)},
     )
+    streamed.cv.latent_coding = args.entropy
+    return streamed
 
 
 class _CompressJob:
     """One video of a many-video `dfc compress`: `OUT/<name>.dfc`."""
 
     command = "compress"
-    _SETTINGS = ("mode", "keep", "keep_rate", "seed", "clip_frames", "resize", "latent_dtype", "precision")
+    _SETTINGS = (
+        "mode",
+        "keep",
+        "keep_rate",
+        "seed",
+        "clip_frames",
+        "resize",
+        "latent_dtype",
+        "entropy",
+        "precision",
+    )
 
     def out(self, args) -> Path:
         return Path(args.output)
@@ -266,9 +285,14 @@ def _print_summary(args, info, cv, loaded, report, quantization, quality) -> Non
         f"kept     {kept} of {cv.num_frames} frames ({kept / cv.num_frames:.1%}), "
         f"temporal {cv.num_frames / kept:.2f}x"
     )
+    coded = (
+        f", {cv.latent_coding}-coded from {report['latent_bytes_uncoded']:,} B"
+        if args.entropy != "none"
+        else ""
+    )
     print(
         f"wrote    {args.output}: {output_bytes:,} B "
-        f"({report['latent_bytes']:,} B of {cv.latent_dtype} latents, "
+        f"({report['latent_bytes']:,} B of {cv.latent_dtype} latents{coded}, "
         f"{output_bytes - report['latent_bytes']:,} B header and gaps)"
     )
     ratio = (

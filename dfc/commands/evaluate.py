@@ -4,7 +4,9 @@ VIDEOS is a folder of videos, a glob, a manifest or one video. Writes into `--ou
 (resumable: the folder's ledger records what is finished): `videos/<name>.json` (that video's rows),
 `gifs/compare_<clip>.gif` (Original | Top-16 | Top-8 | Top-4 | Top-1), `timelines/keep_<clip>.png`
 (keep probability, Bernoulli keep share, top-K choices per frame), and at the end `evaluation.csv`,
-`evaluation.json` and `evaluation.md` over every finished video.
+`evaluation.json` and `evaluation.md` over every finished video. With `--rd`, also `rd/points/<name>.json`
+per video and at the end `rd/`: rate-distortion of the `.dfc` and of x264/x265 on the same frames
+(`rd.csv`, `rd.json`, `rd.md`, `curves/rd_<clip>.png`, `curves/rd_mean.png`; dfc/rd.py, dfc/rd_report.py).
 """
 
 from __future__ import annotations
@@ -71,6 +73,21 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         "settings",
     )
     add_batch_arguments(parser)
+    rd = parser.add_argument_group("rate and distortion (--rd)")
+    rd.add_argument(
+        "--rd",
+        action="store_true",
+        help="also measure bits per pixel against PSNR/SSIM/MS-SSIM for the .dfc file (each --topk budget x "
+        "latent dtype x coding) and for --baseline codecs on the same frames, with BD-rates, into OUT/rd/",
+    )
+    rd.add_argument(
+        "--baseline",
+        default="x264,x265",
+        help="codecs to compare with, comma-separated from x264, x265, or 'none' (default: x264,x265)",
+    )
+    rd.add_argument(
+        "--crf", default="18,24,30,36,42,51", help="CRF sweep of the baselines (default: 18,24,30,36,42,51)"
+    )
 
 
 def _topk(text: str) -> tuple[int, ...]:
@@ -83,12 +100,35 @@ def _topk(text: str) -> tuple[int, ...]:
     return values
 
 
+def _whole_numbers(text: str, option: str, low: int, high: int) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{option} must be comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < low or max(values) > high:
+        raise UserError(f"{option} values must be between {low} and {high}, got {text!r}")
+    return values
+
+
+def _baselines(text: str) -> tuple[str, ...]:
+    from dfc.rd import BASELINES
+
+    names = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    if names == ("none",):
+        return ()
+    if not names or any(n not in BASELINES for n in names):
+        raise UserError(f"--baseline takes {', '.join(BASELINES)} or none, got {text!r}")
+    return names
+
+
 def _check_arguments(args: argparse.Namespace) -> tuple[int, ...]:
     for name in ("clip_frames", "draws", "batch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError(f"--max-frames must be at least 1, got {args.max_frames}")
+    args.baselines = _baselines(args.baseline) if args.rd else ()
+    args.crfs = _whole_numbers(args.crf, "--crf", 0, 51) if args.rd else ()
     return _topk(args.topk)
 
 
@@ -113,6 +153,7 @@ class _EvaluateJob:
         settings = {name: getattr(args, name) for name in self._SETTINGS}
         settings["topk"] = list(_topk(args.topk))
         settings["figures"] = not args.no_figures
+        settings["rd"] = {"baselines": list(args.baselines), "crfs": list(args.crfs)} if args.rd else None
         weights = args.weights
         settings["weights"] = str(Path(weights).absolute()) if weights and Path(weights).exists() else weights
         return json.loads(json.dumps(settings))
@@ -137,13 +178,13 @@ class _EvaluateJob:
 
         args, vae = state.args, state.loaded.model
         cfg = vae.config
-        _, _, clips = stream_clips(
+        info, crop, clips = stream_clips(
             task.input, state.clip_frames, cfg.height, cfg.width, args.resize,
             max_len=cfg.max_temporal_len, max_frames=args.max_frames,
         )  # fmt: skip
         video = task.name + Path(task.input).suffix
         key = zlib.crc32(task.name.encode())
-        results, outputs, frames_done = [], [], 0
+        results, outputs, frames_done, rd_points = [], [], 0, []
         for index, (start, frames) in enumerate(clips):
             noise = bernoulli_draws(args.seed, (key, index), args.draws, len(frames))
             result, pictures = evaluate_clip(
@@ -151,6 +192,8 @@ class _EvaluateJob:
                 latent_dtype=args.latent_dtype, batch_size=args.batch,
             )  # fmt: skip
             results.append(result)
+            if args.rd:
+                rd_points += _rd_points(state, frames, crop, info.fps, result.label)
             if not args.no_figures:
                 outputs += _figures(staging, result, pictures, args.gif_fps)
             frames_done += len(frames)
@@ -160,12 +203,19 @@ class _EvaluateJob:
         (staging / rows).write_text(
             json.dumps([asdict(r) for r in results], allow_nan=True), encoding="utf-8"
         )
+        if args.rd:
+            outputs.append(f"rd/points/{task.name}.json")
+            (staging / outputs[-1]).parent.mkdir(parents=True, exist_ok=True)
+            (staging / outputs[-1]).write_text(
+                json.dumps([asdict(p) for p in rd_points], allow_nan=True), encoding="utf-8"
+            )
         return {
             "outputs": [rows, *outputs],
             "frames": frames_done,
             "clips": len(results),
             "weights": state.loaded.identity,
             "clip_frames": state.clip_frames,
+            "model_size": [cfg.height, cfg.width],
         }
 
     def finish(self, out: Path, tasks, ledger, args) -> None:
@@ -174,20 +224,28 @@ class _EvaluateJob:
 
         latest = ledger.latest()
         done = [t for t in tasks if latest.get(t.input, {}).get("status") == "done"]
-        results = []
+        results, rd_points = [], []
         for task in done:
             rows = out / "videos" / f"{task.name}.json"
             if not rows.is_file():  # removed by hand since: the ledger still counts it, the tables cannot
                 print(f"missing  {rows}: {task.name} is left out of the tables")
                 continue
             results += [ClipEvaluation(**row) for row in json.loads(rows.read_text(encoding="utf-8"))]
+            points = out / "rd" / "points" / f"{task.name}.json"
+            if args.rd and points.is_file():
+                rd_points += json.loads(points.read_text(encoding="utf-8"))
         if not results:
             return
-        _tables(out, results, args, latest[done[0].input], _topk(args.topk))
+        record = latest[done[0].input]
+        _tables(out, results, args, record, _topk(args.topk))
         print(markdown_table(results))
+        if args.rd and rd_points:
+            for line in _rd_files(out / "rd", rd_points, args, record):
+                print(line)
         print(
             f"wrote    {out}/evaluation.csv, evaluation.json, evaluation.md"
             + ("" if args.no_figures else ", gifs/, timelines/")
+            + (", rd/" if args.rd else "")
         )
 
 
@@ -239,3 +297,31 @@ def _tables(folder: Path, results, args, record, topk) -> None:
     for name, text in tables.items():
         with atomic_output(folder / name) as tmp:
             tmp.write_text(text, encoding="utf-8")
+
+
+def _rd_points(state, frames, crop, fps: float, label: str) -> list:
+    """Rate-distortion points of one clip (model-size float frames): the .dfc settings and the baselines."""
+    from dfc.rd import baseline_points, dfc_points
+    from dfc.video import to_uint8
+
+    args = state.args
+    frames = to_uint8(frames)
+    points = dfc_points(
+        state.loaded.model, frames, label=label, crop=crop, fps=fps, weights_id=state.loaded.identity,
+        topk=state.topk, batch_size=args.batch,
+    )  # fmt: skip
+    for codec in args.baselines:
+        points += baseline_points(frames, label=label, fps=fps, codec=codec, crfs=args.crfs)
+    return points
+
+
+def _rd_files(folder: Path, rows: list[dict], args, record: dict) -> list[str]:
+    """`rd/`'s tables, summary and curves over every finished video; returns the lines to print."""
+    from dfc.rd import RDPoint
+    from dfc.rd_report import write_outputs
+
+    return write_outputs(
+        folder, [RDPoint(**row) for row in rows], baselines=args.baselines, crfs=args.crfs,
+        topk=_topk(args.topk), weights_identity=record.get("weights"), model_size=record.get("model_size"),
+        figures=not args.no_figures,
+    )  # fmt: skip

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from dfc.commands import parity_trace
 from dfc.errors import UserError
 
 
@@ -87,6 +88,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", default=None, help="comma-separated case names (or prefixes) to run")
     parser.add_argument("--orbax", metavar="CKPT", help="a real Orbax checkpoint (needs --weights)")
     parser.add_argument("--weights", metavar="CONVERTED", help="its converted weights (`dfc convert` output)")
+    parity_trace.add_arguments(parser)
+    parity_trace.add_compare_parser(parser)
 
 
 def _select(suite, wanted: str | None):
@@ -117,12 +120,11 @@ def _suite(args, options):
         raise UserError(f"suite {spec}: {err}") from None
 
 
-def run(args) -> int:
+def prepare(args):
+    """(suite, settings, weights, torch_models, title, describe) of what `args` ask for."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu" if args.device == "cpu" else "")
-    from parity import report
     from parity.environment import PINNED
     from parity.runner import MODES, Settings
-    from parity.runner import run as run_parity
     from parity.suite import Options
 
     if bool(args.orbax) != bool(args.weights):
@@ -171,6 +173,21 @@ def run(args) -> int:
         title = f"{suite.name}{' ' + args.config if args.config else ''}, torch {args.precision}"
     suite = _select(suite, args.cases)
     _check_precision(suite, args.precision)
+    return suite, settings, weights, torch_models, title, describe
+
+
+def run(args) -> int:
+    if getattr(args, "action", None) == "compare":
+        return parity_trace.compare(args)
+    parity_trace.check_target(args)
+    from parity import report
+    from parity.runner import run as run_parity
+
+    suite, settings, weights, torch_models, title, describe = prepare(args)
+    if args.save_trace or args.side != "both":
+        return parity_trace.save(
+            args, dict(suite.subjects), list(suite.cases), settings, weights, torch_models
+        )
 
     def progress(name: str) -> None:
         print(f"dfc parity: {name} ...", file=sys.stderr, flush=True)

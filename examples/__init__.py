@@ -1,0 +1,1 @@
+"""Worked ports that use this toolkit from outside, as a porter would; nothing in the cores imports them."""
