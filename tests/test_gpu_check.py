@@ -128,6 +128,7 @@ def test_a_gpu_run_keeps_the_issues_sizes_and_only_a_cpu_run_takes_fewer():
         gpu = make_plan("cuda", config)
         assert gpu.seeds == 64 and gpu.discrete_frames is None and gpu.compile_legs
         assert gpu.parity_cases is None and gpu.sdpa_precisions == ("bf16", "fp32")
+        assert gpu.bench_vae == ("encode", "decode")
     assert make_plan("cuda", "published").steps == make_plan("cuda", "published").discrete_steps == 100
     cpu = make_plan("cpu", "tiny")
     assert (cpu.seeds, cpu.discrete_frames) == (cpu.batch, cpu.frames) and not cpu.compile_legs

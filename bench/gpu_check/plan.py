@@ -34,6 +34,7 @@ class Plan:
     # frames per clip of the discrete stage (None: 16 VAE frames, 8 DiT latent frames); a CPU run takes the
     # parity shape (`batch` seeds of `frames`), so JAX's per-shape compilations of the DiT are reused
     discrete_frames: int | None = None
+    bench_vae: tuple[str, ...] = ("encode", "decode")  # the VAE benchmarks (a CPU run: decode alone)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -57,6 +58,7 @@ def make_plan(device: str, config: str, budget_s: float | None = None) -> Plan:
             # the discrete stage on the parity stage's DiT shape: one seed per clip of the batch
             seeds=batch,
             discrete_frames=frames,
+            bench_vae=("decode",),
         )
     return Plan(
         device=device,
