@@ -9,14 +9,40 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
 
+class ConfigError(ValueError):
+    """A configuration that cannot describe a model: one line naming the field and the reason."""
+
+
+# Sane limits on what a config.json may ask for, checked before any model is built: the published
+# models are far inside them (depth 30, widths up to 2048, 256 pixels a side).
+MAX_DEPTH = 1024  # encoder_depth, decoder_depth, depth
+MAX_WIDTH = 65536  # every feature width, head count and frame length
+MAX_SIDE = 8192  # height, width of the model's frames
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_JSON_DEPTH = 64  # nesting of a config.json (a flat object is depth 1)
+_DEPTH_FIELDS = ("encoder_depth", "decoder_depth", "depth", "unet_num_levels")
+# a model without attention blocks is degenerate but well defined (config inference meets it)
+_MAY_BE_ZERO = ("encoder_depth", "decoder_depth", "depth")
+_SIDE_FIELDS = ("height", "width")
+
+
+def _limit(name: str) -> int:
+    if name in _DEPTH_FIELDS:
+        return MAX_DEPTH
+    if name in _SIDE_FIELDS:
+        return MAX_SIDE
+    return MAX_WIDTH
+
+
 def _require(ok: bool, why: str, cfg: Any) -> None:
     if not ok:
-        raise ValueError(f"invalid {type(cfg).__name__}: {why} ({cfg})")
+        raise ConfigError(f"invalid {type(cfg).__name__}: {why} ({cfg})")
 
 
 @dataclass(frozen=True)
@@ -40,6 +66,7 @@ class VAEConfig:
     model_type: ClassVar[str] = "vae"
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         _require(self.height % self.patch_size == 0, "height must be a multiple of patch_size", self)
         _require(self.width % self.patch_size == 0, "width must be a multiple of patch_size", self)
         _require(self.qkv_features % self.num_heads == 0, "qkv_features must divide by num_heads", self)
@@ -96,6 +123,7 @@ class DiTConfig:
     model_type: ClassVar[str] = "dit"
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         _require(self.qkv_features % self.num_heads == 0, "qkv_features must divide by num_heads", self)
         _require(self.head_dim % 2 == 0, "head_dim must be even (RoPE rotates halves)", self)
 
@@ -109,6 +137,24 @@ class DiTConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": self.model_type, **dataclasses.asdict(self)}
+
+
+def _check_fields(cfg: Any) -> None:
+    """Every field a whole number from 1 (0 for a depth) to its limit (bool, float and text are not
+    whole numbers)."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ConfigError(
+                f"{type(cfg).__name__}.{f.name} must be a whole number, got {str(value)[:40]!r}"
+            )
+        value = int(value)
+        object.__setattr__(cfg, f.name, value)  # a numpy integer becomes a plain int
+        top, bottom = _limit(f.name), 0 if f.name in _MAY_BE_ZERO else 1
+        if not bottom <= value <= top:
+            raise ConfigError(
+                f"{type(cfg).__name__}.{f.name} must be between {bottom} and {top}, got {value}"
+            )
 
 
 def block_kwargs(in_features: int, cfg: VAEConfig | DiTConfig, max_spatial_len: int) -> dict[str, int]:
@@ -162,24 +208,86 @@ _BY_TYPE: dict[str, type] = {"vae": VAEConfig, "dit": DiTConfig}
 
 
 def config_from_dict(data: dict[str, Any], cls: type[C] | None = None) -> C:
-    """Build a config from a dict (as in `config.json`); unknown keys are an error that names them."""
+    """Build a config from a dict (as in `config.json`); unknown keys are an error that names them.
+
+    Values must be JSON whole numbers within the limits above: a depth of 2.7 (or 2.0, "2", null, a
+    list, 0, -1, 10**9) is a `ConfigError`, never silently rounded or tried."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
     data = dict(data)
     model_type = data.pop("model_type", None)
     if cls is None:
-        if model_type not in _BY_TYPE:
-            raise ValueError(f"config 'model_type' must be 'vae' or 'dit', got {model_type!r}")
+        if not isinstance(model_type, str) or model_type not in _BY_TYPE:
+            raise ConfigError(f"config 'model_type' must be 'vae' or 'dit', got {str(model_type)[:40]!r}")
         cls = _BY_TYPE[model_type]
     elif model_type is not None and model_type != cls.model_type:
-        raise ValueError(f"config is for model_type {model_type!r}, expected {cls.model_type!r}")
+        raise ConfigError(f"config is for model_type {str(model_type)[:40]!r}, expected {cls.model_type!r}")
     known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(str(k)[:60] for k in set(data) - known)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-    return cls(**{k: int(v) for k, v in data.items()})
+        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown[:10])}")
+    return cls(**data)
 
 
 def config_from_json(text: str, cls: type[C] | None = None) -> C:
-    return config_from_dict(json.loads(text), cls)
+    return config_from_dict(parse_config_json(text), cls)
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_depth(text: str) -> int:
+    """How deeply brackets nest in JSON text (strings skipped): checked before parsing, so that a
+    hostile file cannot make the parser recurse without bound."""
+    depth = top = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            top = max(top, depth)
+        elif ch in "]}":
+            depth -= 1
+    return top
+
+
+def parse_config_json(text: str, where: str = "config.json") -> dict[str, Any]:
+    """The JSON object of a config.json's text; anything else (not JSON, too deeply nested, NaN, not
+    an object) is a one-line `ConfigError`."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{where}: {len(text):,} characters, too long for a config (at most {MAX_CONFIG_BYTES:,})"
+        )
+    if _json_depth(text) > MAX_JSON_DEPTH:
+        raise ConfigError(f"{where}: nested deeper than {MAX_JSON_DEPTH} levels, not a config")
+    try:
+        data = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as err:
+        raise ConfigError(f"{where}: not JSON ({str(err).splitlines()[0][:80]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a config must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object of a config.json file, read with the bounds of `common.files` (a FIFO, a device
+    or a file over `MAX_CONFIG_BYTES` is refused before reading)."""
+    from common.files import InputFileError, read_text_bounded
+
+    try:
+        text = read_text_bounded(path, MAX_CONFIG_BYTES, what="a config.json")
+    except InputFileError as err:
+        raise ConfigError(str(err)) from None
+    return parse_config_json(text, os.fspath(path))
 
 
 def config_to_json(cfg: AnyConfig) -> str:
@@ -199,12 +307,15 @@ def load_config(spec: Any, cls: type[C] | None = None) -> C:
         if name in PRESETS:
             return load_config(PRESETS[name], cls)
         path = os.path.join(name, "config.json") if os.path.isdir(name) else name
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise FileNotFoundError(
                 f"no config {name!r}: not a preset ({', '.join(PRESETS)}) and no such JSON file"
             )
-        with open(path, encoding="utf-8") as f:
-            return config_from_json(f.read(), cls)
+        data = read_config_json(path)
+        try:
+            return config_from_dict(data, cls)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
     raise TypeError(f"cannot make a config from {type(spec).__name__}")
 
 

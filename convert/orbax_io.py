@@ -92,8 +92,13 @@ def resolve_checkpoint(path: str | os.PathLike, step: int | None = None) -> Chec
     direct = _item_dir(path)
     if direct is not None:
         found = _step_number(path.name)
-        if step is not None and found is not None and found != step:
+        if found is None and direct != path and direct.parent == path:  # a root with a single step in it
+            found = _step_number(direct.name)
+        if step is not None and found != step and direct == path and found is not None:
             raise CheckpointError(f"{path} is the checkpoint of step {found}, not of --step {step}")
+        if step is not None and found != step:
+            held = f"steps: {found}" if found is not None else "one checkpoint whose name states no step"
+            raise CheckpointError(f"{path}: no step {step} ({held})")
         return CheckpointLocation(direct, found)
     steps = {}
     for child in path.iterdir():

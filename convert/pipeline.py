@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from common.files import InputFileError, check_regular
 from common.infer import ConfigMismatch
 from common.tables import TABLES
 from convert import safetensors_io as st
@@ -74,6 +75,10 @@ def source_format(src: Path) -> str:
         raise ConvertError(f"{src}: no such file or directory")
     if src.is_dir():
         return "safetensors" if st.is_safetensors(src) else "orbax"
+    try:
+        check_regular(src, what="a checkpoint")  # a FIFO or a device is never opened
+    except InputFileError as err:
+        raise ConvertError(str(err)) from None
     if src.suffix == ".safetensors":
         return "safetensors"
     with open(src, "rb") as f:

@@ -136,6 +136,23 @@ def output_dtype(source: np.dtype, requested: str | None) -> np.dtype:
     return DTYPES[requested] if requested is not None and floating else np.dtype(source)
 
 
+def is_floating(dtype: np.dtype) -> bool:
+    return np.issubdtype(dtype, np.floating) or np.dtype(dtype) == np.dtype("bfloat16")
+
+
+def check_floating(dtypes: Mapping[str, np.dtype], where: str) -> None:
+    """Every weight of both models holds floating-point values: an integer or boolean tensor where one
+    belongs is an error naming the first few, in either direction, never a silent cast."""
+    wrong = sorted(name for name, dtype in dtypes.items() if not is_floating(np.dtype(dtype)))
+    if wrong:
+        shown = ", ".join(f"{n} ({np.dtype(dtypes[n]).name})" for n in wrong[:5])
+        more = f" and {len(wrong) - 5} more" if len(wrong) > 5 else ""
+        raise ConvertError(
+            f"{where}: {len(wrong)} tensor(s) are not floating-point where the model has float weights: "
+            f"{shown}{more}"
+        )
+
+
 def dtype_label(dtypes: Iterable[np.dtype]) -> str:
     names = sorted({np.dtype(d).name for d in dtypes})
     return names[0] if len(names) == 1 else "+".join(names)

@@ -22,11 +22,12 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from convert import safetensors_header as framing
+from common import safetensors_header as framing
+from common.files import InputFileError
 from convert.blas_transpose import transpose_into
 
 SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
+INDEX_FILE = framing.INDEX_NAME
 CONFIG_FILE = "config.json"
 # Hugging Face's default largest shard (huggingface_hub `max_shard_size="5GB"`): the full DiT in fp32
 # (2.0 GB) stays one file, like the published weights.
@@ -466,65 +467,55 @@ class StoredTensor:
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict[str, StoredTensor], dict[str, str]]:
-    """Tensors and `__metadata__` of one file, checked: offsets contiguous and inside the file."""
+    """Tensors and `__metadata__` of one file, checked with bounded reads (`common.safetensors_header`):
+    every dtype known, every shape's bytes its data range, the ranges tiling the data exactly."""
     path = Path(path)
-    size = path.stat().st_size
     try:
-        with open(path, "rb") as f:
-            header, data_start = framing.read(f, size)
+        table, metadata, data_start = framing.read_table(path)
+    except InputFileError as err:
+        raise SafetensorsError(str(err)) from None
     except framing.HeaderError as err:
-        why = {
-            "short": "shorter than its header length",
-            "json": "header is not JSON",
-            "object": "header is not an object",
-        }.get(err.reason, f"header length {err.length} for {size} bytes")
-        raise SafetensorsError(f"{path}: not a safetensors file ({why})") from None
-    metadata = header.pop("__metadata__", None) or {}
+        raise SafetensorsError(f"{path}: not a safetensors file ({framing.describe(err)})") from None
+    except framing.TableError as err:
+        raise SafetensorsError(f"{path}: damaged safetensors file ({err})") from None
     tensors = {}
-    for name, entry in header.items():
-        try:
-            dtype = _DTYPES[entry["dtype"]]
-            shape = tuple(int(n) for n in entry["shape"])
-            begin, end = (int(n) for n in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise SafetensorsError(f"{path}: bad header entry for {name!r}") from None
-        if end - begin != math.prod(shape) * dtype.itemsize:
-            raise SafetensorsError(f"{path}: {name} has {end - begin} bytes for {dtype}{list(shape)}")
-        tensors[name] = StoredTensor(name, path, dtype, shape, data_start + begin, data_start + end)
-    covered = 0
-    for t in sorted(tensors.values(), key=lambda t: t.begin):
-        if t.begin != data_start + covered:
-            raise SafetensorsError(f"{path}: tensor data not contiguous at {t.name}")
-        covered += t.nbytes
-    if data_start + covered != size:
-        raise SafetensorsError(
-            f"{path}: {size} bytes, but the header describes {data_start + covered} "
-            "(truncated or padded file)"
+    for name, e in table.items():
+        if e.dtype not in _DTYPES:
+            raise SafetensorsError(f"{path}: {name} has dtype {e.dtype}, which this converter does not read")
+        tensors[name] = StoredTensor(
+            name, path, _DTYPES[e.dtype], e.shape, data_start + e.begin, data_start + e.end
         )
     return tensors, metadata
 
 
 def weight_files(path: str | os.PathLike) -> list[Path]:
-    """The safetensors files of a file or a directory (one file, or the shards its index lists)."""
+    """The safetensors files of a file or a directory (one file, or the shards its index lists, each
+    inside the directory)."""
     path = Path(path)
     if path.is_file():
         return [path]
-    if (path / INDEX_FILE).is_file():
+    if (path / INDEX_FILE).exists():
         try:
-            index = json.loads((path / INDEX_FILE).read_text(encoding="utf-8"))
-            names = sorted(set(index["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise SafetensorsError(f"{path / INDEX_FILE}: not a safetensors index") from None
-        missing = [n for n in names if not (path / n).is_file()]
-        if missing:
-            raise SafetensorsError(f"{path}: shard(s) listed in the index are missing: {', '.join(missing)}")
-        return [path / n for n in names]
+            return framing.read_index(path)[1]
+        except framing.IndexFileError as err:
+            raise SafetensorsError(str(err)) from None
     if (path / SINGLE_FILE).is_file():
         return [path / SINGLE_FILE]
     found = sorted(path.glob("*.safetensors"))
     if len(found) == 1:
         return found
     raise SafetensorsError(f"{path}: no {SINGLE_FILE} and no {INDEX_FILE}")
+
+
+def index_map(path: str | os.PathLike) -> dict[str, str] | None:
+    """The weight map of a directory's shard index, or None."""
+    path = Path(path)
+    if path.is_dir() and (path / INDEX_FILE).exists():
+        try:
+            return framing.read_index(path)[0]
+        except framing.IndexFileError as err:
+            raise SafetensorsError(str(err)) from None
+    return None
 
 
 def is_safetensors(path: str | os.PathLike) -> bool:
@@ -549,6 +540,16 @@ class SafetensorsReader:
                     raise SafetensorsError(f"{self.path}: tensor {name} is in two shards")
             self.tensors.update(tensors)
             self.metadata = self.metadata or metadata
+        weight_map = index_map(self.path)
+        if weight_map is not None:
+            held = {
+                os.path.relpath(file, self.path): {n for n, t in self.tensors.items() if t.file == file}
+                for file in self.files
+            }
+            try:
+                framing.check_index_coverage(self.path / INDEX_FILE, weight_map, held)
+            except framing.IndexFileError as err:
+                raise SafetensorsError(str(err)) from None
         self._maps: dict[Path, np.memmap] = {}
 
     def _map(self, file: Path) -> np.memmap:

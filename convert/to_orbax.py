@@ -39,6 +39,7 @@ def safetensors_to_orbax(src, dst, options, report, progress, log, checks: Check
         stored_type = reader.metadata.get("model_type")
         requested = options.model or (stored_type if stored_type in TABLES else None)
         report.model_type, flax = resolve.torch_named_model(requested, shapes)
+        resolve.check_floating({k: t.dtype for k, t in reader.tensors.items()}, str(src))
         table = TABLES[report.model_type]
         config = None if options.config else resolve.stored_config(src, report.model_type, flax, report)
         config = config or resolve.resolve_config(report.model_type, flax, options.config, report)

@@ -103,8 +103,17 @@ def write_safetensors(job: SafetensorsJob, options: Options, report: Report, pro
             raise
         what = "bit-exact" if options.dtype in (None, "float32") else "exact round-to-nearest-even"
         report.checks.append(
-            Check("re-read and compared with the source", True, f"{checked} tensors, {what}")
+            Check("re-read and compared with the source", True, f"{checked} tensors, {what} to what was read")
         )
+        if job.forward_reference is not None and job.forward_reference[1] == "orbax":
+            report.checks.append(
+                Check(
+                    "source bytes",
+                    None,
+                    "not verifiable: Orbax/OCDBT stores no checksum of array bytes, so damage in the "
+                    "checkpoint itself cannot be detected; the comparison above is with what was read",
+                )
+            )
         if not single_file and job.config is not None:
             st.write_text(staged.tmp / st.CONFIG_FILE, config_to_json(job.config), sync=options.sync)
         parsers = check_written(files, job.planned)
@@ -149,6 +158,7 @@ def orbax_to_safetensors(src, dst, options, report, progress, log, checks: Check
         table, config = resolve.given_table(options, report, names), None
     else:
         report.model_type = resolve.model_type(options.model, shapes)
+        resolve.check_floating({n: info.dtype for n, info in infos.items()}, str(location.step_dir))
         table = TABLES[report.model_type]
         config = resolve.resolve_config(report.model_type, shapes, options.config, report)
     shape_check = checks.shape_check(config)  # overlaps the conversion
@@ -204,6 +214,7 @@ def pt_to_safetensors(src, dst, options, report, progress, log, checks: Checks) 
         config = expected = None
     else:
         report.model_type, flax = resolve.torch_named_model(options.model, shapes)
+        resolve.check_floating({k: a.dtype for k, a in arrays.items()}, str(src))
         config = resolve.resolve_config(report.model_type, flax, options.config, report)
         # torch is loaded already (it read the file): the caller may answer here, no child needed
         expected = checks.shapes_here(config) if checks.shapes_here is not None else None

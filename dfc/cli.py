@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from dfc import __version__
@@ -40,6 +41,29 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds exactly as Ctrl-C does: temporary
+    outputs removed, ffmpeg and check children stopped by the same `finally`/`except` blocks."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
+def _user_facing() -> tuple[type[BaseException], ...]:
+    """Error types whose message is already one line for a person (bad input files, configs)."""
+    from common.config import ConfigError
+    from common.files import InputFileError
+
+    return (UserError, InputFileError, ConfigError)
+
+
+def _os_error_line(err: OSError) -> str:
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
@@ -47,14 +71,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(_module(args.command).run(args) or 0)
-    except UserError as err:
-        print(f"dfc {args.command}: error: {err}", file=sys.stderr)
-        return err.exit_code
+    except _user_facing() as err:
+        text = str(err) if isinstance(err, UserError) else (str(err).strip().splitlines() or [""])[0]
+        print(f"dfc {args.command}: error: {text}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
+    except Terminated:
+        print(f"dfc {args.command}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"dfc {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # the file system said no (read-only folder, a name too long, disk full)
+        print(f"dfc {args.command}: error: {_os_error_line(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from convert import safetensors_header as framing
+from common import safetensors_header as framing
 from dfc import __version__
 from dfc.entropy import CODINGS, EntropyError
 from dfc.errors import UserError
@@ -35,6 +35,7 @@ SUFFIX = ".dfc"
 LATENT_DTYPES = ("bf16", "f32", "u8")
 KEEP_MODES = ("threshold", "bernoulli", "topk")
 BYTES_PER_VALUE = {"bf16": 2, "f32": 4, "u8": 1}
+MAX_SIDE = 8192  # the largest frame side a .dfc may declare (source or model), docs/FORMAT.md
 
 _META_FORMAT, _META_VERSION, _META_DOC, _META_DIGEST = "format", "format_version", "dfc", "dfc.sha256"
 _DIGEST_PLACEHOLDER = "0" * 64
@@ -157,6 +158,12 @@ def check_compressed_video(cv: CompressedVideo) -> None:
     model = cv.model
     if min(model.height, model.width, model.num_patches, model.latent_dim) < 1:
         raise ContainerError(f"model sizes must be >= 1: {model}")
+    sides = (cv.crop.source_width, cv.crop.source_height, model.width, model.height)
+    if max(sides) > MAX_SIDE:
+        raise ContainerError(
+            f"the video is {cv.crop.source_width}x{cv.crop.source_height} for a {model.width}x{model.height} "
+            f"model; this dfc handles at most {MAX_SIDE} pixels a side"
+        )
     if (cv.crop.model_height, cv.crop.model_width) != (model.height, model.width):
         raise ContainerError(
             f"crop was made for a {cv.crop.model_width}x{cv.crop.model_height} model, "
@@ -343,18 +350,21 @@ def _finite(value: int | float, key: str) -> float:
     return number
 
 
+def _describe_framing(err: framing.HeaderError) -> str:
+    return {
+        "short": "too short to be a .dfc file",
+        "length": "not a .dfc file (no safetensors header)",
+        "truncated": f"truncated: the header needs {8 + err.length} bytes, the file has {err.file_size}",
+        "json": "not a .dfc file (its header is not JSON)",
+        "object": "not a .dfc file (its header is not a JSON object)",
+    }[err.reason]
+
+
 def _parse_header(data: bytes) -> tuple[dict[str, Any], int]:
     try:
         return framing.parse(data)
     except framing.HeaderError as err:
-        why = {
-            "short": "too short to be a .dfc file",
-            "length": "not a .dfc file (no safetensors header)",
-            "truncated": f"truncated: the header needs {8 + err.length} bytes, the file has {len(data)}",
-            "json": "not a .dfc file (its header is not JSON)",
-            "object": "not a .dfc file (its header is not a JSON object)",
-        }[err.reason]
-        raise _Corrupt(why) from None
+        raise _Corrupt(_describe_framing(err)) from None
 
 
 def _check_format(header: dict[str, Any]) -> dict[str, str]:
@@ -365,8 +375,10 @@ def _check_format(header: dict[str, Any]) -> dict[str, str]:
         raise ContainerError(f"not a .dfc video (a safetensors file {kind}, e.g. model weights)")
     _need(all(isinstance(v, str) for v in metadata.values()), "metadata values must be text")
     version = metadata.get(_META_VERSION, "")
-    _need(version.isascii() and version.isdigit(), f"format version {version!r} is not a number")
-    _need(len(version) <= 9, f"format version {version[:12]}... is not a version")
+    _need(
+        version.isascii() and version.isdigit() and len(version) <= 9,
+        f"format version {version[:20]!r}{'...' if len(version) > 20 else ''} is not a version number",
+    )
     if int(version) not in READ_VERSIONS:
         newer = int(version) > FORMAT_VERSION
         raise ContainerError(
@@ -393,43 +405,19 @@ def _check_digest(data: bytes, header_end: int, metadata: dict[str, str]) -> Non
 _DTYPES = {"BF16": np.dtype("<u2"), "F32": np.dtype("<f4"), "I32": np.dtype("<i4"), "U8": np.dtype("u1")}
 
 
-def _counts(value: Any, length: int | None = None) -> bool:
-    """A JSON list of non-negative integers (of `length` items when given)."""
-    return (
-        isinstance(value, list)
-        and (length is None or len(value) == length)
-        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value)
-    )
-
-
-def _tensors(header: dict[str, Any], data: bytes, header_end: int) -> dict[str, np.ndarray]:
-    """Raw tensors (bf16 as uint16 bits), after checking that they tile the data buffer exactly."""
-    entries = []
-    for name, spec in header.items():
-        if name == "__metadata__":
-            continue
-        _need(isinstance(spec, dict), f"tensor {name!r} is not described")
-        dtype = spec.get("dtype")
-        _need(isinstance(dtype, str) and dtype in _DTYPES, f"tensor {name!r} has an unexpected dtype")
-        shape, offsets = spec.get("shape"), spec.get("data_offsets")
-        _need(_counts(shape), f"bad shape of {name!r}")
-        _need(_counts(offsets, 2), f"bad data offsets of {name!r}")
-        size = math.prod(shape) * _DTYPES[dtype].itemsize
-        _need(offsets[1] - offsets[0] == size, f"size of {name!r} disagrees with its shape")
-        entries.append((offsets[0], offsets[1], name, shape, _DTYPES[dtype]))
-    entries.sort(key=lambda e: e[0])
-    position, available = 0, len(data) - header_end
-    needed = max((end for _, end, *_ in entries), default=0)
-    _need(
-        needed <= available, f"truncated: the tensors need {needed} bytes of data, the file has {available}"
-    )
-    tensors = {}
-    for begin, end, name, shape, dtype in entries:
-        _need(begin == position, f"tensor {name!r} does not follow the previous one")
-        tensors[name] = np.frombuffer(data, dtype, math.prod(shape), header_end + begin).reshape(shape)
-        position = end
-    _need(position == available, f"{available - position} unexpected bytes after the last tensor")
-    return tensors
+def _tensors(header: dict[str, Any], data: bytes | memoryview, header_end: int) -> dict[str, np.ndarray]:
+    """Raw tensors (bf16 as uint16 bits), after checking that they tile the data buffer exactly (the
+    one tensor-table check of `common.safetensors_header`, on the declared sizes before any view)."""
+    try:
+        table = framing.tensor_table(
+            header, len(data) - header_end, {k: v.itemsize for k, v in _DTYPES.items()}
+        )
+    except framing.TableError as err:
+        raise _Corrupt(str(err)) from None
+    return {
+        name: np.frombuffer(data, _DTYPES[e.dtype], math.prod(e.shape), header_end + e.begin).reshape(e.shape)
+        for name, e in table.items()
+    }
 
 
 def _crop_from(doc: dict[str, Any]) -> Crop:
@@ -572,14 +560,47 @@ def decode_container(
 
 
 def read_container(path: str | os.PathLike, *, expected_weights: str | None = None) -> CompressedVideo:
-    """Read and check a `.dfc` file. With `expected_weights`, refuse a file made with other weights."""
+    """Read and check a `.dfc` file. With `expected_weights`, refuse a file made with other weights.
+
+    A FIFO or a device is refused before it is opened; the header is read with bounded reads and its
+    format checked before the rest of the file is mapped (never copied into memory whole)."""
+    import mmap
+
+    from common.files import InputFileError, check_regular
+
     path = Path(path)
     try:
-        data = path.read_bytes()
+        check_regular(path, what="a .dfc file")
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            try:
+                header, _ = framing.read(f, size)
+                _check_format(header)
+            except framing.HeaderError as err:
+                raise ContainerError(
+                    f"{path}: damaged or not a .dfc file: {_describe_framing(err)}"
+                ) from None
+            except _Corrupt as err:
+                raise ContainerError(f"{path}: damaged or not a .dfc file: {err}") from None
+            except ContainerError as err:
+                raise ContainerError(f"{path}: {err}") from None
+            # not closed explicitly: arrays viewing it (also in a traceback) keep it alive until freed
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        cv = decode_container(data, expected_weights=expected_weights, name=str(path))
+        _detach(cv)
+        return cv
+    except InputFileError as err:
+        raise ContainerError(str(err)) from None
     except FileNotFoundError:
         raise ContainerError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ContainerError(f"{path}: is a folder, not a .dfc file") from None
     except OSError as err:
         raise ContainerError(f"{path}: cannot read ({err.strerror or err})") from None
-    return decode_container(data, expected_weights=expected_weights, name=str(path))
+
+
+def _detach(cv: CompressedVideo) -> None:
+    """Own copies of any array still viewing the mapped file, so that the map can close."""
+    for clip in cv.clips:
+        if clip.latents.base is not None:
+            clip.latents = np.array(clip.latents)
+        if clip.gaps.base is not None:
+            clip.gaps = np.array(clip.gaps)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from convert.checks import Answered, Checks
 from convert.options import Options, Report, quiet
+from dfc.cache import cache_dir
 
 _REPO = Path(__file__).resolve().parents[1]
 _CHILD = "dfc.convert_child"
@@ -81,13 +82,6 @@ def start_shape_check(config) -> ChildCheck | Answered:
     if cache is not None:
         argv += ["--cache", str(cache)]
     return ChildCheck(argv, timeout=600)
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("DFC_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dfc"
-    )
-    return Path(root)
 
 
 def shape_cache_file(config) -> Path | None:

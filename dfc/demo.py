@@ -28,6 +28,7 @@ DEMO_CLIP_FRAMES = 32
 CLIP_FPS = 12.0
 RD_CRFS = (18, 34, 51)  # the x264 sweep of the summary's rate-distortion line
 TRAIN_STEPS = 36  # ~2 s each at 64x64 on 2 cores, plus ~25 s to compile: the demo stays under 3 min
+MARKER = ".dfc-demo"  # a folder holding it was made by the demo, which may replace its files
 # what the demo writes into --out; only these are replaced when it runs again
 ARTIFACTS = (
     "checkpoint",
@@ -50,6 +51,7 @@ class DemoOptions:
     keep_rate: float | None = 0.5
     seed: int = 0
     quiet: bool = False
+    force: bool = False
 
 
 @dataclass
@@ -146,16 +148,47 @@ class Phases:
 def run_demo(options: DemoOptions) -> DemoSummary:
     # ffmpeg is started (fork + exec at once) after JAX has threads; Python warns about fork, needlessly here
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    out = options.out
+    existed = prepare_out(out, [options.weights, options.orbax], force=options.force)
+    try:
+        return _run(options)
+    except BaseException:  # a failed or interrupted demo leaves nothing behind
+        if existed:
+            _clear(out)
+            with contextlib.suppress(OSError):
+                (out / MARKER).unlink()
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def prepare_out(out: Path, inputs, *, force: bool) -> bool:
+    """Make `--out` ready: a new folder, or one holding the demo's own marker (so that the demo runs
+    twice), or, with `force`, any folder; never one that holds the demo's inputs. Returns whether the
+    folder existed before."""
+    from dfc.outputs import check_folder_target
+
+    check_folder_target(out, inputs=inputs, flag="--out ")
+    existed = out.exists()
+    if existed and any(out.iterdir()) and not (out / MARKER).is_file() and not force:
+        raise UserError(
+            f"--out {out}: folder exists and was not made by dfc demo; choose a new folder or pass --force "
+            "(the demo replaces its own files in it)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    _clear(out)
+    (out / MARKER).write_text(
+        "made by dfc demo; `dfc demo --out` replaces its files here\n", encoding="utf-8"
+    )
+    return existed
+
+
+def _run(options: DemoOptions) -> DemoSummary:
     from common.config import PRESETS
     from dfc.video import fit_to_model, write_video
 
     started = time.monotonic()
     out, quiet, summary = options.out, options.quiet, DemoSummary()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    _clear(out)
-
     phases = Phases(quiet)
     phases.start("clip", "making the test clip with ffmpeg")
     clip = demo_clip()

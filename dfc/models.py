@@ -86,6 +86,10 @@ def load_model(model_type: str, source: str | os.PathLike | None, device: str, p
         if Path(source).exists():
             raise UserError(f"--weights {source}: {_first_line(err)}") from None
         raise UserError(_how_to_provide(model_type, source)) from None
+    except torch_impl.WeightsFileError as err:
+        raise UserError(
+            f"--weights {source}: cannot load {model_type.upper()} weights ({_first_line(err)})"
+        ) from None
     except torch_impl.WeightsError as err:
         raise UserError(
             f"--weights {source}: not {model_type.upper()} weights ({_first_line(err)})"
@@ -110,5 +114,7 @@ def _quiet_hub() -> None:
 
 
 def _first_line(err: BaseException) -> str:
+    """The first line, with the Python API's advice said for the command line."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line.replace("pass config= explicitly", "put the model's config.json beside the weights")

@@ -12,7 +12,7 @@ import math
 import os
 import re
 import subprocess
-import tempfile
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -43,7 +43,7 @@ _MJPEG = ["-c:v", "mjpeg", "-q:v", "2", "-pix_fmt", "yuvj444p"]
 _GIF = ["-filter_complex", "split[a][b];[a]palettegen=stats_mode=full[p];[b][p]paletteuse", "-loop", "0"]
 
 # suffix -> (ffmpeg muxer, codec arguments for even sizes, for odd sizes)
-_FFMPEG_FORMATS = {
+FFMPEG_FORMATS = {
     ".mp4": ("mp4", _MP4_420, _X264_444),
     ".m4v": ("mp4", _MP4_420, _X264_444),
     ".mov": ("mov", _MP4_420, _X264_444),
@@ -52,7 +52,7 @@ _FFMPEG_FORMATS = {
     ".avi": ("avi", _MJPEG, _MJPEG),
     ".gif": ("gif", _GIF, _GIF),
 }
-OUTPUT_SUFFIXES = (*_FFMPEG_FORMATS, "/ (PNG folder)")
+OUTPUT_SUFFIXES = (*FFMPEG_FORMATS, "/ (PNG folder)")
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class Crop:
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def _ffmpeg() -> str:
+def ffmpeg_exe() -> str:
     try:
         import imageio_ffmpeg
     except ImportError as err:  # pragma: no cover - the `video` extra is missing
@@ -110,15 +110,21 @@ def _ffmpeg() -> str:
 
 
 def _check_input(path: str | os.PathLike) -> Path:
+    from common.files import InputFileError, check_regular
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file")
+    try:  # a FIFO or a device would keep ffmpeg reading forever
+        check_regular(path, folder_ok=True, what="a video file or a folder of frames")
+    except InputFileError as err:
+        raise UserError(str(err)) from None
     if not path.is_dir() and not os.access(path, os.R_OK):
         raise UserError(f"{path}: permission denied")
     return path
 
 
-def _ffmpeg_reason(text: str) -> str:
+def ffmpeg_reason(text: str) -> str:
     """The line of an ffmpeg log that says what went wrong, without the noise around it."""
     lines = []
     for line in text.splitlines():
@@ -140,7 +146,7 @@ def _has_no_frames(ffmpeg_log: str) -> bool:
 
 
 def _open_ffmpeg(path: Path, max_frames: int | None) -> tuple[VideoInfo, Iterator[bytes]]:
-    _ffmpeg()  # a clear message if the video extra is missing
+    ffmpeg_exe()  # a clear message if the video extra is missing
     import imageio_ffmpeg
 
     # passthrough: every decoded frame exactly once (no duplicates or drops to force a constant rate);
@@ -158,11 +164,49 @@ def _open_ffmpeg(path: Path, max_frames: int | None) -> tuple[VideoInfo, Iterato
             raise UserError(f"{path}: not a video (no video stream found)") from None
         if _has_no_frames(text):
             raise UserError(f"{path}: the video has no frames") from None
-        raise UserError(f"{path}: not a video ffmpeg can read ({_ffmpeg_reason(text)})") from None
+        raise UserError(f"{path}: not a video ffmpeg can read ({ffmpeg_reason(text)})") from None
     width, height = (int(v) for v in meta["size"])
-    fps = float(meta.get("fps") or 0.0)
+    fps = float(meta.get("fps") or 0.0) or _stream_fps(path)
     info = VideoInfo(num_frames=0, fps=fps if fps > 0 else DEFAULT_FPS, width=width, height=height)
     return info, gen
+
+
+def _stream_header(path: Path) -> tuple[float, float | None]:
+    """(frame rate, duration in seconds or None) as ffmpeg states them for a file's first video
+    stream; imageio-ffmpeg cannot parse every rate (ffmpeg writes 1000 as "1k fps"). fps 0.0: none."""
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path)]
+    text = subprocess.run(cmd, capture_output=True, text=True, errors="replace").stderr
+    fps, duration = 0.0, None
+    found = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", text)
+    if found:
+        hours, minutes, seconds = found.groups()
+        duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    for line in text.splitlines():
+        if "Video:" in line:
+            match = re.search(r"(\d+(?:\.\d+)?)(k?) (?:fps|tbr)\b", line)
+            if match:
+                fps = float(match.group(1)) * (1000 if match.group(2) else 1)
+            break
+    return fps, duration
+
+
+def _stream_fps(path: Path) -> float:
+    return _stream_header(path)[0]
+
+
+def frame_count_warning(path: Path, decoded: int) -> str | None:
+    """One line when the frames decoded differ by more than one from what the file's header states
+    (its duration times its frame rate): a damaged or oddly timed file, worth knowing about."""
+    fps, duration = _stream_header(path)
+    if not fps or not duration:
+        return None
+    stated = round(duration * fps)
+    if abs(stated - decoded) <= 1:
+        return None
+    return (
+        f"warning: {path}: decoded {decoded} frames, its header states {stated} ({duration:g} s at "
+        f"{fps:g} fps); the file may be damaged or have a variable frame rate"
+    )
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -223,15 +267,21 @@ def open_video(
     frame_bytes = info.width * info.height * 3
 
     def frames() -> Iterator[np.ndarray]:
+        count = 0
         try:
             for chunk in raw:
                 if len(chunk) != frame_bytes:  # pragma: no cover - imageio-ffmpeg guarantees whole frames
                     raise UserError(f"{path}: ffmpeg returned a partial frame")
                 yield np.frombuffer(chunk, np.uint8).reshape(info.height, info.width, 3)
+                count += 1
         except RuntimeError as err:
-            raise UserError(f"{path}: the video is damaged ({_ffmpeg_reason(str(err))})") from None
+            raise UserError(f"{path}: the video is damaged ({ffmpeg_reason(str(err))})") from None
         finally:
             raw.close()
+        if max_frames is None or count < max_frames:
+            warning = frame_count_warning(path, count)
+            if warning:
+                print(warning, file=sys.stderr)
 
     return info, frames()
 
@@ -251,14 +301,14 @@ def read_video(path: str | os.PathLike, *, max_frames: int | None = None) -> tup
 
 
 def _count_frames(path: Path) -> int:
-    cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-progress", "pipe:1", "-nostats", "-i", str(path)]
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-progress", "pipe:1", "-nostats", "-i", str(path)]
     cmd += ["-map", "0:v:0", "-fps_mode", "passthrough", "-f", "null", "-"]
     result = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     counts = re.findall(r"^frame=(\d+)$", result.stdout, flags=re.MULTILINE)
     if _has_no_frames(result.stderr) or (counts and int(counts[-1]) == 0):
         raise UserError(f"{path}: the video has no frames")
     if result.returncode != 0 or not counts:
-        raise UserError(f"{path}: the video is damaged ({_ffmpeg_reason(result.stderr)})")
+        raise UserError(f"{path}: the video is damaged ({ffmpeg_reason(result.stderr)})")
     return int(counts[-1])
 
 
@@ -456,7 +506,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
-def _is_folder_target(path: str | os.PathLike) -> bool:
+def is_folder_target(path: str | os.PathLike) -> bool:
     text = os.fspath(path)
     return text.endswith(("/", os.sep)) or os.path.isdir(text) or not Path(text).suffix
 
@@ -469,62 +519,9 @@ def _check_video_frames(frames: np.ndarray, fps: float) -> None:
         raise UserError(f"fps must be a positive number, got {fps}")
 
 
-def _write_folder(path: Path, frames: np.ndarray, fps: float) -> None:
-    from PIL import Image
-
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{path}: exists and is not a folder; give a video suffix (.mp4) or a new folder")
-    if path.exists() and any(path.iterdir()):
-        raise UserError(f"{path}: folder exists and is not empty; choose a new or empty folder")
-    if not path.parent.is_dir():
-        raise UserError(f"{path}: the folder {path.parent} does not exist")
-    try:
-        with staged_output(path, is_dir=True) as tmp:  # replaces an empty folder (checked above)
-            for t, frame in enumerate(frames):
-                Image.fromarray(frame).save(tmp / FRAME_PATTERN.format(t))
-            info = {
-                "fps": fps,
-                "num_frames": len(frames),
-                "width": frames.shape[2],
-                "height": frames.shape[1],
-            }
-            (tmp / FOLDER_INFO).write_text(json.dumps(info) + "\n", encoding="utf-8")
-    except OSError as err:
-        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
-
-
-def _fps_argument(fps: float) -> str:
+def fps_argument(fps: float) -> str:
     # An exact fraction keeps NTSC rates (30000/1001) exact instead of a rounded decimal.
     return str(Fraction(fps).limit_denominator(100_000))
-
-
-def _write_ffmpeg(path: Path, frames: np.ndarray, fps: float) -> None:
-    muxer, even_args, odd_args = _FFMPEG_FORMATS[path.suffix.lower()]
-    _, height, width, _ = frames.shape
-    codec = even_args if width % 2 == 0 and height % 2 == 0 else odd_args
-    with atomic_output(path) as tmp, tempfile.TemporaryFile() as log:
-        cmd = [_ffmpeg(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24"]
-        cmd += ["-s", f"{width}x{height}", "-framerate", _fps_argument(fps), "-i", "-"]
-        cmd += [*codec, "-f", muxer, str(tmp)]
-        # ffmpeg's log goes to a file: a pipe could fill up and block it while we are still writing frames.
-        process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=log)
-        try:
-            for frame in np.ascontiguousarray(frames):
-                process.stdin.write(memoryview(frame).cast("B"))
-        except BrokenPipeError:
-            pass  # ffmpeg quit early; its exit code and log say why
-        except BaseException:
-            process.kill()  # it would otherwise wait for more frames forever
-            process.wait()
-            raise
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                process.stdin.close()
-        returncode = process.wait()
-        if returncode != 0:
-            log.seek(0)
-            reason = _ffmpeg_reason(log.read().decode(errors="replace"))
-            raise UserError(f"{path}: ffmpeg could not write the video ({reason})")
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path:
@@ -532,16 +529,19 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path
 
     `.mp4 .m4v .mov .mkv` (H.264), `.webm` (VP9), `.avi` (MJPEG), `.gif`, or a folder (a path ending in
     '/' or without a suffix) of `frame_00000.png`... plus `video.json` with the fps. Output appears
-    atomically: a failure leaves nothing behind and an existing file untouched.
+    atomically: a failure leaves nothing behind and an existing file untouched. A trailing '/' never
+    replaces a file of that name.
     """
     _check_video_frames(frames, fps)
-    path = Path(path)
-    if _is_folder_target(path):
-        _write_folder(path, frames, fps)
-    elif path.suffix.lower() in _FFMPEG_FORMATS:
-        _write_ffmpeg(path, frames, fps)
-    else:
-        raise UserError(
-            f"{path}: unknown video type {path.suffix!r}; use one of {', '.join(OUTPUT_SUFFIXES)}"
-        )
-    return path
+    target = Path(path)
+    if is_folder_target(path):
+        if target.exists() and not target.is_dir():
+            raise UserError(f"{path}: exists and is not a folder; give a video suffix (.mp4) or a new folder")
+        if target.is_dir() and any(target.iterdir()):
+            raise UserError(f"{path}: folder exists and is not empty; choose a new or empty folder")
+    from dfc.video_sink import VideoSink
+
+    with VideoSink(path, frames.shape[2], frames.shape[1], fps) as sink:
+        for frame in frames:
+            sink.write(frame)
+    return target

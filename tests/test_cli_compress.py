@@ -355,7 +355,7 @@ def test_compress_opens_the_video_once_and_reads_it_clip_by_clip(files, steps, t
     assert route == ["open_video", "locate_weights", "fit_clips", "write_container"]
 
 
-def test_decompress_reads_decodes_restores_and_writes_once_each(
+def test_decompress_reads_once_then_decodes_and_writes_clip_by_clip(
     long_compressed, files, steps, tmp_path, capsys
 ):
     from dfc.cli import main
@@ -370,4 +370,8 @@ def test_decompress_reads_decodes_restores_and_writes_once_each(
         "--quiet",
     ]
     assert main(argv) == 0, capsys.readouterr().err
-    assert steps == ["read_container", "locate_weights", "decode_clips", "restore_frames", "write_video"]
+    # streamed: the file read once, the weights located once, then clips decoded a batch at a time
+    # (4 clips of 16 frames, then the 6-frame one) and each frame restored and written as it comes
+    assert steps[:2] == ["read_container", "locate_weights"]
+    assert steps.count("decode_clips") == 2 and steps.count("restore_frames") == 70
+    assert "write_video" not in steps and "read_container" not in steps[2:]

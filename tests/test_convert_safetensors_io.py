@@ -206,10 +206,10 @@ def test_incomplete_writes_are_refused(tmp_path):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda b: b[:-4], "truncated or padded"),
-        (lambda b: b + b"\0" * 8, "truncated or padded"),
-        (lambda b: b[:5], "shorter than its header length"),
-        (lambda b: struct.pack("<Q", 1 << 40) + b[8:], "header length"),
+        (lambda b: b[:-4], "past the end of the data.*truncated"),
+        (lambda b: b + b"\0" * 8, "8 bytes after the last tensor belong to no tensor"),
+        (lambda b: b[:5], "too short to be a safetensors file"),
+        (lambda b: struct.pack("<Q", 1 << 40) + b[8:], "no safetensors header"),
         (lambda b: b[:8] + b"[" + b[9:], "not a safetensors file"),
     ],
 )

@@ -288,7 +288,7 @@ def test_a_failure_mid_write_leaves_no_partial_output_and_keeps_the_old_file(tmp
 
 def test_an_ffmpeg_failure_is_a_user_error_with_ffmpegs_reason(tmp_path, monkeypatch):
     broken = ("mp4", ["-c:v", "no_such_encoder"], ["-c:v", "no_such_encoder"])
-    monkeypatch.setitem(video_module._FFMPEG_FORMATS, ".mp4", broken)
+    monkeypatch.setitem(video_module.FFMPEG_FORMATS, ".mp4", broken)
     # More frames than a pipe holds: ffmpeg quits while frames are still being sent.
     message = _single_line_user_error(write_video, tmp_path / "a.mp4", synthetic_frames(30, 256, 256), 10)
     assert "Encoder not found" in message

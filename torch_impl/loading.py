@@ -21,7 +21,6 @@ file) locates them once.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from common.config import DiTConfig, VAEConfig, load_config
+from common import safetensors_header as st_header
+from common.config import ConfigError, DiTConfig, VAEConfig, load_config
+from common.files import InputFileError, check_regular
 from common.hub import DEFAULT_REPO, HUB_FILENAMES
 from common.precision import Precision
 from common.torch_file import TorchFileError, read_torch_state
@@ -42,7 +43,7 @@ from torch_impl.precision import apply_precision
 from torch_impl.vae import VideoVAE
 
 SAFETENSORS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
+INDEX_NAME = st_header.INDEX_NAME
 CONFIG_NAME = "config.json"
 
 _CONFIG_CLASSES: dict[str, type] = {"vae": VAEConfig, "dit": DiTConfig}
@@ -64,6 +65,11 @@ class WeightsError(ValueError):
     ) -> None:
         super().__init__(message)
         self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(mismatched)
+
+
+class WeightsFileError(WeightsError):
+    """A weights file, shard index or config.json that cannot be read as one: damaged, not a regular
+    file, or naming files outside its folder. One line naming the file."""
 
 
 class WeightsNotFoundError(WeightsError, FileNotFoundError):
@@ -95,25 +101,59 @@ def _shape(value: Any) -> tuple[int, ...]:
     return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
 
 
+SHOWN_PER_KIND = 5  # offenders named per kind; the rest are counted
+
+
+def _is_float(value: Any) -> bool | None:
+    """Whether a tensor or array holds floating-point values; None for a bare shape."""
+    if isinstance(value, torch.Tensor):
+        return value.is_floating_point()
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        return None
+    kind = getattr(dtype, "kind", None)
+    return kind == "f" or "float" in str(dtype)
+
+
 def check_state_shapes(
     state: Mapping[str, Any], expected: Mapping[str, Sequence[int]], what: str = "weights"
 ) -> None:
-    """Raise `WeightsError` unless `state` (tensors, arrays or shapes) has `expected`'s keys and shapes."""
+    """Raise `WeightsError` unless `state` (tensors, arrays or shapes) has `expected`'s keys and shapes,
+    and every tensor holds floating-point values (every weight of both models does: an I32 where an
+    F32 belongs is an error, not a silent cast). The first line says what is wrong and names the
+    first few offenders of each kind, with a count of the rest; the lines after it give the shapes."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = sorted(k for k in set(state) & set(expected) if _shape(state[k]) != tuple(expected[k]))
-    if not (missing or unexpected or mismatched):
+    wrong_dtype = sorted(k for k in set(state) & set(expected) if _is_float(state[k]) is False)
+    if not (missing or unexpected or mismatched or wrong_dtype):
         return
+    kinds = [
+        (missing, "missing"),
+        (unexpected, "unexpected"),
+        (mismatched, "mis-shaped"),
+        (wrong_dtype, "not floating-point"),
+    ]
+    summary = "; ".join(
+        f"{label}: {st_header.preview(keys, SHOWN_PER_KIND)}" for keys, label in kinds if keys
+    )
     lines = [
         f"{what} do not fit the model: {len(missing)} missing, {len(unexpected)} unexpected, "
-        f"{len(mismatched)} mis-shaped tensor(s)"
+        f"{len(mismatched)} mis-shaped, {len(wrong_dtype)} wrongly typed tensor(s) ({summary})"
     ]
-    lines += [f"  missing:    {k} (model expects {tuple(expected[k])})" for k in missing]
-    lines += [f"  unexpected: {k} (file has {_shape(state[k])})" for k in unexpected]
+    n = SHOWN_PER_KIND
+    lines += [f"  missing:    {k} (model expects {tuple(expected[k])})" for k in missing[:n]]
+    lines += [f"  unexpected: {k} (file has {_shape(state[k])})" for k in unexpected[:n]]
     lines += [
         f"  mis-shaped: {k}: file has {_shape(state[k])}, model expects {tuple(expected[k])}"
-        for k in mismatched
+        for k in mismatched[:n]
     ]
+    lines += [
+        f"  dtype:      {k}: file has {state[k].dtype}, model expects floating point" for k in wrong_dtype[:n]
+    ]
+    for keys, label in kinds:
+        if len(keys) > n:
+            lines.append(f"  ... and {len(keys) - n} more {label}")
     raise WeightsError("\n".join(lines), missing, unexpected, mismatched)
 
 
@@ -209,38 +249,44 @@ class WeightFiles:
     model_type: str
     files: tuple[Path, ...]
     config: Path | None
+    weight_map: Mapping[str, str] | None = None  # the shard index's, for shards
 
 
 def locate_weights(source: str | os.PathLike = DEFAULT_REPO, model_type: str = "vae") -> WeightFiles:
     """The files `load_vae`/`load_dit` read for `source` (a hub repo id is fetched or found in the cache);
     raises `WeightsNotFoundError` with advice when there are none."""
-    files, config = _find(source, model_type)
-    return WeightFiles(os.fspath(source), model_type, tuple(Path(f) for f in files), config)
+    files, config, weight_map = _find(source, model_type)
+    return WeightFiles(os.fspath(source), model_type, tuple(Path(f) for f in files), config, weight_map)
 
 
-def _find(source: str | os.PathLike, model_type: str) -> tuple[list[Path], Path | None]:
-    """`source` -> (weight files, config.json or None). Shards come back in index order."""
+def _find(source: str | os.PathLike, model_type: str) -> tuple[list[Path], Path | None, Any]:
+    """`source` -> (weight files, config.json or None, the index's weight map or None). Shards come
+    back in index order, each confined to the folder. FIFOs and devices are refused before opening."""
     path = Path(source)
+    if path.exists() and not path.is_dir():
+        try:
+            check_regular(path, what="a weights file")
+        except InputFileError as err:
+            raise WeightsFileError(str(err)) from None
     if path.is_file():
         beside = path.parent / CONFIG_NAME
-        return [path], beside if beside.is_file() else None
+        return [path], beside if beside.is_file() else None, None
     if path.is_dir():
-        config = path / CONFIG_NAME if (path / CONFIG_NAME).is_file() else None
-        if (path / INDEX_NAME).is_file():
-            weight_map = json.loads((path / INDEX_NAME).read_text())["weight_map"]
-            shards = [path / name for name in dict.fromkeys(weight_map.values())]
-            absent = [shard.name for shard in shards if not shard.is_file()]
-            if absent:
-                raise WeightsNotFoundError(f"{path}: shards named in {INDEX_NAME} are missing: {absent}")
-            return shards, config
+        config = path / CONFIG_NAME if (path / CONFIG_NAME).exists() else None
+        if (path / INDEX_NAME).exists():
+            try:
+                weight_map, shards = st_header.read_index(path)
+            except st_header.IndexFileError as err:
+                raise (WeightsNotFoundError if err.missing else WeightsFileError)(str(err)) from None
+            return shards, config, weight_map
         for name in (SAFETENSORS_NAME, HUB_FILENAMES[model_type]):
-            if (path / name).is_file():
-                return [path / name], config
+            if (path / name).exists():
+                return [path / name], config, None
         raise WeightsNotFoundError(
             f"{path}: no {SAFETENSORS_NAME}, {INDEX_NAME} or {HUB_FILENAMES[model_type]} in this directory"
         )
     if isinstance(source, str) and _REPO_ID.match(source) and not source.endswith(_WEIGHT_SUFFIXES):
-        return [_hub_download(source, model_type)], None
+        return [_hub_download(source, model_type)], None, None
     raise WeightsNotFoundError(
         f"{source}: no such file or directory, and not a Hugging Face repo id (owner/name)"
     )
@@ -272,26 +318,60 @@ def weights_identity(source: str | os.PathLike = DEFAULT_REPO, model_type: str =
     return file_identity(locate_weights(source, model_type).files)
 
 
+def check_safetensors(path: Path) -> dict[str, st_header.Entry]:
+    """The tensor table of a safetensors file, checked with bounded reads before the file is loaded:
+    a damaged file (empty, a header longer than the file, an absurd header length, an unknown dtype,
+    overlapping or missing data, a shape larger than the file) is a one-line `WeightsError`."""
+    try:
+        table, _, _ = st_header.read_table(path)
+    except InputFileError as err:
+        raise WeightsFileError(str(err)) from None
+    except st_header.HeaderError as err:
+        raise WeightsFileError(
+            f"{path}: not a readable safetensors file ({st_header.describe(err)})"
+        ) from None
+    except st_header.TableError as err:
+        raise WeightsFileError(f"{path}: damaged safetensors file ({err})") from None
+    except OSError as err:
+        raise WeightsFileError(f"{path}: cannot read ({err.strerror or err})") from None
+    return table
+
+
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(path)
+        check_safetensors(path)
+        try:
+            return load_file(path)
+        except Exception as err:  # the library's own error type; checked above, so rare
+            first = (str(err) or type(err).__name__).splitlines()[0]
+            raise WeightsFileError(f"{path}: not a readable safetensors file ({first})") from None
     try:  # weights_only, memory-mapped where the format allows: the one legacy .pt reader
         return read_torch_state(path)
     except TorchFileError as err:
-        raise WeightsError(str(err)) from None
+        raise WeightsFileError(str(err)) from None
 
 
-def read_state_dict(files: Sequence[Path]) -> dict[str, torch.Tensor]:
-    """Merge the tensors of one or more weight files; a key in two shards is an error."""
+def read_state_dict(
+    files: Sequence[Path], weight_map: Mapping[str, str] | None = None, folder: Path | None = None
+) -> dict[str, torch.Tensor]:
+    """Merge the tensors of one or more weight files; a key in two shards is an error, and with a shard
+    index's `weight_map`, so is a tensor it lists that the shard it names does not hold."""
     state: dict[str, torch.Tensor] = {}
+    held: dict[str, set[str]] = {}
     for path in files:
         part = _read_file(Path(path))
         twice = sorted(set(part) & set(state))
         if twice:
-            raise WeightsError(f"{path}: tensors already read from another shard: {', '.join(twice)}")
+            raise WeightsError(f"{path}: tensors already read from another shard: {st_header.preview(twice)}")
         state.update(part)
+        held[os.path.relpath(path, folder) if folder is not None else Path(path).name] = set(part)
+    if weight_map is not None and folder is not None:
+        try:
+            st_header.check_index_coverage(Path(folder) / INDEX_NAME, dict(weight_map), held)
+        except st_header.IndexFileError as err:
+            raise WeightsFileError(str(err)) from None
     return state
 
 
@@ -299,10 +379,18 @@ def _config_beside(path: Path | None, model_type: str) -> Any:
     """The config.json beside the weights, unless it describes the other model."""
     if path is None:
         return None
-    data = json.loads(path.read_text())
+    from common.config import read_config_json
+
+    try:
+        data = read_config_json(path)
+    except ConfigError as err:
+        raise WeightsFileError(str(err)) from None
     if data.get("model_type", model_type) != model_type:
         return None
-    return load_config(data, _CONFIG_CLASSES[model_type])
+    try:
+        return load_config(data, _CONFIG_CLASSES[model_type])
+    except ConfigError as err:
+        raise WeightsFileError(f"{path}: {err}") from None
 
 
 def _load(model_type: str, source: Any, config: Any, device: Any, precision: Precision | str) -> nn.Module:
@@ -310,7 +398,8 @@ def _load(model_type: str, source: Any, config: Any, device: Any, precision: Pre
     located = source if isinstance(source, WeightFiles) else locate_weights(source, model_type)
     if located.model_type != model_type:
         raise ValueError(f"{located.source}: located as {located.model_type} weights, not {model_type}")
-    state = read_state_dict(located.files)
+    folder = Path(located.source) if located.weight_map is not None else None
+    state = read_state_dict(located.files, located.weight_map, folder)
     if config is not None:
         cfg = load_config(config, _CONFIG_CLASSES[model_type])
     else:

@@ -104,18 +104,19 @@ def _check_options(args: argparse.Namespace) -> str:
         raise UserError(f"--keep-rate must be in (0, 1], got {args.keep_rate}")
     if args.batch < 1:
         raise UserError(f"--batch must be at least 1, got {args.batch}")
+    if args.clip_frames is not None and args.clip_frames < 1:
+        raise UserError(f"--clip-frames must be at least 1, got {args.clip_frames}")
+    from dfc.options import check_seed
+
+    check_seed(args.seed)
     return mode
 
 
 def _check_output(args: argparse.Namespace) -> None:
-    output = Path(args.output)
-    if output.is_dir():
-        raise UserError(f"{output}: is a folder; give a file name such as {output / 'video.dfc'}")
-    if not output.absolute().parent.is_dir():
-        raise UserError(f"{output}: the folder {output.absolute().parent} does not exist")
-    if output.exists() and not args.force:
-        # e.g. `dfc compress a.mp4 a.mp4` would otherwise replace the user's video with latents
-        raise UserError(f"{output}: exists; pass --force to replace it")
+    from dfc.outputs import check_file_target
+
+    # e.g. `dfc compress a.mp4 a.mp4 --force` would otherwise replace the user's video with latents
+    check_file_target(args.output, overwrite=args.force, inputs=[args.input, args.weights])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -218,6 +219,9 @@ class _CompressJob:
 
             torch.set_num_threads(threads)
         loaded = load_model("vae", args.weights, device, args.precision)
+        from dfc.weights_record import remember
+
+        remember(loaded.identity, loaded.source)  # so that `decompress` finds these weights for its files
         limit = loaded.model.config.max_temporal_len
         clip_frames = args.clip_frames or min(DEFAULT_CLIP_FRAMES, limit)
         from dfc.video import check_clip_frames

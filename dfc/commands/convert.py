@@ -94,7 +94,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from convert.options import ConvertError, Options
     from dfc.convert_checks import convert
+    from dfc.outputs import check_name, check_not_input
 
+    check_name(args.dst)
+    check_not_input(args.dst, [args.src])  # --force replaces an old output, never the source
     model, table = None, None
     if args.table or args.model:  # --model vae is --table vae: a registered table, found like any other
         from common.plugins import PluginError

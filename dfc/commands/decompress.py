@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from dfc.errors import UserError
 from dfc.models import DEFAULT_REPO, add_model_arguments, load_model
@@ -17,8 +16,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     )
     add_model_arguments(
         parser,
-        weights_help="the VAE weights the file was compressed with (default: the local weights recorded in "
-        f"the file when they still exist, else the Hugging Face repo {DEFAULT_REPO})",
+        weights_help="the VAE weights the file was compressed with (default: the local weights your own "
+        "`dfc compress` recorded for the file's weights identity, else the Hugging Face repo "
+        f"{DEFAULT_REPO})",
     )
     parser.add_argument(
         "--crop-only",
@@ -33,34 +33,58 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def default_weights(cv) -> str:
+    """`--weights` when not given: the local weights the user's own `compress` recorded for the file's
+    weights identity (`dfc.weights_record`), else the published repo. Never the path written inside
+    the file: a file can come from anyone, so that path is only a hint in messages."""
+    from dfc.weights_record import lookup
+
+    return lookup(cv.model.weights) or DEFAULT_REPO
+
+
+def _hint(cv) -> str:
     recorded = cv.extra.get("weights_source")
-    return recorded if isinstance(recorded, str) and Path(recorded).exists() else DEFAULT_REPO
+    if isinstance(recorded, str) and recorded and recorded != DEFAULT_REPO:
+        return f"; the file says it was made with the weights at {recorded[:200]}: pass --weights to use them"
+    return ""
 
 
 def run(args: argparse.Namespace) -> int:
-    """Straight through, each step once: read the file -> load -> decode clips -> restore frames -> write."""
-    from dfc.codec import decompress_video
+    """Straight through, each step once: read the file -> load -> decode clip by clip -> write frames as
+    they come (memory does not grow with the video's length)."""
     from dfc.container import check_weights, read_container
+    from dfc.decoding import iter_frames, output_size
     from dfc.outputs import check_video_target
-    from dfc.video import write_video
+    from dfc.video_sink import VideoSink
 
     if args.batch < 1:
         raise UserError(f"--batch must be at least 1, got {args.batch}")
-    check_video_target(args.output, overwrite=args.force)
+    check_video_target(args.output, overwrite=args.force, inputs=[args.input, args.weights])
     cv = read_container(args.input)  # a damaged file fails here, before the model load
-    loaded = load_model("vae", args.weights or default_weights(cv), args.device, args.precision)
+    source = args.weights or default_weights(cv)
+    try:
+        loaded = load_model("vae", source, args.device, args.precision)
+    except UserError as err:
+        raise UserError(f"{err}{'' if args.weights else _hint(cv)}") from None
     try:
         check_weights(cv, loaded.identity)
     except UserError as err:
-        raise UserError(f"{args.input}: {err} (--weights {loaded.source})") from None
-    frames, fps = decompress_video(
-        loaded.model, cv, full_frame=not args.crop_only, batch_size=args.batch, progress=not args.quiet
-    )
-    written = write_video(args.output, frames, fps)
+        raise UserError(
+            f"{args.input}: {err} (--weights {loaded.source}){'' if args.weights else _hint(cv)}"
+        ) from None
+    width, height = output_size(cv, full_frame=not args.crop_only)
+    with VideoSink(args.output, width, height, cv.fps) as sink:
+        for frame in iter_frames(
+            loaded.model, cv, full_frame=not args.crop_only, batch_size=args.batch, progress=not args.quiet
+        ):
+            sink.write(frame)
+        count = sink.count
+    written = sink.path
     size = os.path.getsize(written) if written.is_file() else sum(f.stat().st_size for f in written.iterdir())
     print(
-        f"decoded  {args.input}: {len(frames)} frames, {frames.shape[2]}x{frames.shape[1]} at {fps:g} fps "
+        f"decoded  {args.input}: {count} frames, {width}x{height} at {cv.fps:g} fps "
         f"({cv.kept_frames} kept latent frames in {len(cv.clips)} clip(s), weights {loaded.identity})"
     )
+    if sink.written_fps != cv.fps:
+        print(f"note     {written.suffix} cannot hold {cv.fps:g} fps; it plays at {sink.written_fps:g} fps")
     print(f"wrote    {written}: {size:,} B")
     return 0

@@ -41,6 +41,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         help="size of the built model (default: vae-small, 64x64; vae-tiny, 32x32, is for quick checks)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--force", action="store_true", help="use an --out folder that was not made by the demo"
+    )
     parser.add_argument("--quiet", action="store_true", help="only the summary")
 
 
@@ -51,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--weights", args.weights), ("--orbax", args.orbax)):
         if value and not Path(value).exists():
             raise UserError(f"{flag} {value}: no such file or folder")
+    from dfc.options import check_seed
+
+    check_seed(args.seed)
     if args.train_steps < 0:
         raise UserError(f"--train-steps must be >= 0, got {args.train_steps}")
     if not 0 <= args.keep_rate <= 1:
@@ -68,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             keep_rate=args.keep_rate or None,
             seed=args.seed,
             quiet=args.quiet,
+            force=args.force,
         )
     )
     print("\ndfc demo: summary")

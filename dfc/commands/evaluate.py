@@ -122,6 +122,9 @@ def _baselines(text: str) -> tuple[str, ...]:
 
 
 def _check_arguments(args: argparse.Namespace) -> tuple[int, ...]:
+    from dfc.options import check_seed
+
+    check_seed(args.seed)
     for name in ("clip_frames", "draws", "batch"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")

@@ -72,7 +72,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise UserError(f"--fps must be a positive number, got {args.fps}")
     seeds = list(range(args.seed, args.seed + args.batch))
     for path in output_paths(args.output, seeds, args.grid):
-        check_video_target(str(path), overwrite=args.force)
+        check_video_target(str(path), overwrite=args.force, inputs=[args.weights, *model_sources(args)])
 
 
 def run(args: argparse.Namespace) -> int:
