@@ -48,7 +48,7 @@ class ContainerError(UserError):
 @dataclass(frozen=True)
 class ModelInfo:
     """The model that made (and must decode) the latents. `weights` is an identity string such as
-    `weights_fingerprint(path)`; `config` optionally holds the full VAE config dict."""
+    `torch_impl.loading.file_identity(files)`; `config` optionally holds the full VAE config dict."""
 
     height: int
     width: int
@@ -190,15 +190,6 @@ def check_weights(cv: CompressedVideo, expected_weights: str) -> None:
             f"compressed with weights {cv.model.weights}, but the loaded weights are {expected_weights}; "
             "decompress with the weights it was compressed with"
         )
-
-
-def weights_fingerprint(path: str | os.PathLike, length: int = 16) -> str:
-    """`sha256:<first hex digits>` of a weights file's bytes: the identity stored in `.dfc` files."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"sha256:{digest.hexdigest()[:length]}"
 
 
 # ----------------------------------------------------------------------------------------------- writing

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from convert import safetensors_header as framing
+from common import safetensors_header as framing
 from dfc.container import (
     BYTES_PER_VALUE,
     LATENT_DTYPES,

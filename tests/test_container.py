@@ -26,7 +26,6 @@ from dfc.container import (
     decode_container,
     encode_container,
     read_container,
-    weights_fingerprint,
     write_container,
 )
 from dfc.container_report import quantization_effect, size_report
@@ -376,10 +375,12 @@ def test_a_file_made_with_other_weights_is_refused_naming_both(tmp_path):
     assert read_container(path, expected_weights=WEIGHTS).model.weights == WEIGHTS
 
 
-def test_weights_fingerprint_is_a_short_sha256_of_the_bytes(tmp_path):
+def test_the_weights_identity_stored_in_a_file_is_a_short_sha256_of_the_bytes(tmp_path):
+    from torch_impl.loading import file_identity
+
     (tmp_path / "w.safetensors").write_bytes(b"weights")
     expected = "sha256:" + hashlib.sha256(b"weights").hexdigest()[:16]
-    assert weights_fingerprint(tmp_path / "w.safetensors") == expected
+    assert file_identity([tmp_path / "w.safetensors"]) == expected
 
 
 # -------------------------------------------------------------------------------------- writing failures

@@ -190,7 +190,7 @@ def test_an_index_without_a_usable_weight_map_is_one_error(tmp_path, index):
 def test_a_pt_with_a_flipped_bit_fails_its_zip_crc(tmp_path):
     state = {k: torch.randn(v) for k, v in expected_state_shapes(TINY).items()}
     good = tmp_path / "vae.pt"
-    torch.save(state, good)
+    torch.save(state, good)  # legacy-format: a .pt to damage
     assert verify_zip(good) is True
     data = bytearray(good.read_bytes())
     with zipfile.ZipFile(good) as archive:  # a byte inside a tensor's data, not the zip's own records
@@ -207,7 +207,7 @@ def test_a_pt_with_a_flipped_bit_fails_its_zip_crc(tmp_path):
 
 def test_a_pt_whose_zip_stores_no_crcs_says_it_cannot_be_verified(tmp_path, capsys):
     path = tmp_path / "nocrc.pt"
-    torch.save({"a": torch.zeros(2)}, path)
+    torch.save({"a": torch.zeros(2)}, path)  # legacy-format
     data = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as archive:
         for m in archive.infolist():
@@ -340,7 +340,7 @@ def test_a_truncated_video_decodes_with_one_warning_line_and_a_whole_one_without
 
 def test_a_pickle_with_code_is_refused_without_torchs_advice_to_run_it(tmp_path):
     path = tmp_path / "evil.pt"
-    torch.save({"a": torch.zeros(1), "b": Path("/")}, path)  # any object beyond tensors
+    torch.save({"a": torch.zeros(1), "b": Path("/")}, path)  # legacy-format: any object beyond tensors
     with pytest.raises(WeightsError, match="besides tensors, which could run code") as caught:
         load_vae(path, config=TINY)
     assert "weights_only" not in one_line(caught.value)
