@@ -9,6 +9,7 @@ distance between JAX fp32 on the device and JAX fp32 on the CPU, as context for 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,9 @@ def _subjects(plan) -> dict:
 
     vae, dit = PRESETS[plan.vae], PRESETS[plan.dit]
     subjects = [block_subject(dit), block_subject(vae), unet_subject(vae), vae_subject(vae), dit_subject(dit)]
-    return {s.name: s for s in subjects}
+    # only the models the plan's cases and the sampling use are built (a CPU run has no VAE case)
+    used = {n for case in _cases(plan) for n in case.models} | {"dit"}
+    return {s.name: s for s in subjects if s.name in used}
 
 
 def _cases(plan) -> list:
@@ -195,6 +198,12 @@ def device_distance(ctx, subjects) -> dict[str, Any]:
     from parity.runner import Lineup, Settings
 
     cpu = jax.devices("cpu")[0]
+
+    def on_cpu():
+        # already there on a CPU run: entering jax.default_device would only make JAX compile every
+        # eager op again for the "other" device (the default device is part of its cache key)
+        return contextlib.nullcontext() if jax.default_backend() == "cpu" else jax.default_device(cpu)
+
     wanted_cases = ctx.plan.distance_cases or DISTANCE_CASES
     cases = [c for c in _cases(ctx.plan) if c.name in wanted_cases]
     wanted = {n: subjects[n] for n in dict.fromkeys(n for c in cases for n in c.models)}
@@ -203,7 +212,7 @@ def device_distance(ctx, subjects) -> dict[str, Any]:
     rows = []
     with pinned(PINNED, ctx.plan.device):
         here = Lineup.build(wanted, settings, torch_models=no_torch)
-        with jax.default_device(cpu):
+        with on_cpu():
             there = Lineup.build(wanted, settings, weights=here.weights, torch_models=no_torch)
         for case in cases:
             if not ctx.allows(20):
@@ -213,7 +222,7 @@ def device_distance(ctx, subjects) -> dict[str, Any]:
             inputs = case.make_inputs(wanted, np.random.default_rng(settings.seed))
             pick = lambda lineup, case=case: {n: lineup.reference[n] for n in case.models}  # noqa: E731
             a = JaxSide("device", pick(here)).capture(case, inputs)
-            with jax.default_device(cpu):
+            with on_cpu():
                 b = JaxSide("cpu", pick(there)).capture(case, inputs)
             worst, where = 0.0, None
             for key, call in a.calls.items():

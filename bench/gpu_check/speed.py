@@ -179,6 +179,8 @@ def _vae(ctx, dev: Device, peak: float | None) -> list[dict[str, Any]]:
             lambda: jax.block_until_ready(jitted_decode(jmodel.decoder, jl, jm)),
         ),
     ):
+        if op.removeprefix("vae ") not in plan.bench_vae:
+            continue
         if not ctx.allows(10):
             rows.append({"op": op, "batch": 1, "leg": "all", "skipped": "time budget"})
             continue
