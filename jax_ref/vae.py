@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from common.config import VAEConfig, resolve_config
+from common.masks import frame_mask_is_key_layout
 from common.precision import NormNumerics
 from jax_ref.compat import get_value, module_list
 from jax_ref.init import linear, normal
@@ -29,14 +30,8 @@ def frame_mask(mask: jax.Array, batch: int, frames: int) -> jax.Array:
     key-mask layout the original port's Encoder, Decoder and VideoVAE take (MODEL_SPEC section 2); both
     forms mean the same. Any other shape is a `ValueError` that names both accepted ones."""
     mask = jnp.asarray(mask)
-    shape = tuple(mask.shape)
-    if len(shape) == 4 and shape[1:3] == (1, 1):
+    if frame_mask_is_key_layout(mask.shape, batch, frames):
         mask = mask[:, 0, 0, :]
-    if tuple(mask.shape) != (batch, frames):
-        raise ValueError(
-            f"mask must be (B, T) = ({batch}, {frames}) or (B, 1, 1, T) = ({batch}, 1, 1, {frames}), "
-            f"got {shape}"
-        )
     return mask.astype(bool)
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.config import VAEConfig, resolve_config
+from common.masks import frame_mask_is_key_layout
 from torch_impl.layers import FactoredAttention, GumbelSigmoidSTE, PatchEmbedding, PatchUnEmbedding, linear
 from torch_impl.selection import Compressed, pack_kept, place_kept, select_frames
 from torch_impl.unet import UNet
@@ -26,14 +27,8 @@ def frame_mask(mask: torch.Tensor | None, batch: int, frames: int) -> torch.Tens
     forms mean the same. Any other shape is a `ValueError` that names both accepted ones."""
     if mask is None:
         return None
-    shape = tuple(mask.shape)
-    if len(shape) == 4 and shape[1:3] == (1, 1):
+    if frame_mask_is_key_layout(mask.shape, batch, frames):
         mask = mask[:, 0, 0, :]
-    if tuple(mask.shape) != (batch, frames):
-        raise ValueError(
-            f"mask must be (B, T) = ({batch}, {frames}) or (B, 1, 1, T) = ({batch}, 1, 1, {frames}), "
-            f"got {shape}"
-        )
     return mask.to(torch.bool)
 
 
