@@ -246,8 +246,11 @@ def decode_warning(
     It says when the frames decoded differ by more than one from the container's `nb_frames` (where
     the container states none, from its duration times its rate, and says so; `whole`: the video
     was read to its end), and when ffmpeg logged at warning level or above while decoding (how
-    many lines, and the first).
+    many lines, and the first). None for no frames at all: that is an error of its own, which the
+    callers give ("the video has no frames"), and one line is all the user gets.
     """
+    if decoded == 0:
+        return None
     parts = []
     if whole and facts.nb_frames:
         if abs(facts.nb_frames - decoded) > 1:
