@@ -190,7 +190,7 @@ def _decoded_through(data: bytes, **kwargs) -> CompressedVideo:
     """Read, then decode every clip as `dfc decompress` does: some damage only shows there."""
     cv = decode_container(data, **kwargs)
     for clip in cv.clips:
-        clip.latents
+        assert clip.latents.shape == clip.latents_shape
     return cv
 
 
