@@ -13,15 +13,21 @@ _SCRIPT = Path(sys.executable).with_name("dfc")
 
 
 def dfc(
-    *args: object, cwd: Path | None = None, timeout: float = 300, **env: str
+    *args: object, cwd: Path | None = None, timeout: float = 300, wrapper: tuple[str, ...] = (), **env: str
 ) -> subprocess.CompletedProcess:
-    """`dfc ARGS...` with the hub offline; extra keyword arguments are environment variables."""
+    """`dfc ARGS...` with the hub offline; extra keyword arguments are environment variables. `wrapper`
+    is a command line that runs the rest (`unshare ...`)."""
     command = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "dfc.cli"]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", **env}
     # the checkout first, so the script runs this code even when the editable install is stale
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return subprocess.run(
-        [*command, *map(str, args)], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
+        [*wrapper, *command, *map(str, args)],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
