@@ -188,3 +188,27 @@ def test_clips_spooled_as_they_are_made_are_written_from_the_spool(tmp_path):
             np.testing.assert_array_equal(clip.latents, back.latents)
     assert written.read_bytes() == encode_container(cv)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spooled.dfc"]
+
+
+def test_compress_spools_each_clip_as_it_is_encoded_and_writes_the_same_file(tmp_path):
+    """`dfc compress`'s route (`compress_stream` into a spool): every clip it hands back is stored, not
+    held; the file and the quantization report equal those of the in-memory route."""
+    import torch
+    from videos import make_test_video
+
+    from common.config import PRESETS
+    from dfc.container_report import quantization_effect
+    from dfc.streaming import compress_stream
+    from torch_impl import VideoVAE
+
+    torch.manual_seed(0)
+    vae = VideoVAE(PRESETS["vae-tiny"]).eval()
+    video = make_test_video(tmp_path / "v.mp4", 40, 40, 30)
+    settings = {"weights_id": "sha256:x", "clip_frames": 8, "latent_dtype": "u8", "latent_coding": "zstd"}
+    in_memory = compress_stream(vae, video, **settings)
+    with ClipSpool("u8", "zstd", tmp_path) as spool:
+        streamed = compress_stream(vae, video, spool=spool, quantization=True, **settings)
+        assert len(streamed.cv.clips) == 5 and all(clip.stored is not None for clip in streamed.cv.clips)
+        spooled = write_container(tmp_path / "spooled.dfc", streamed.cv, spool)
+    assert spooled.read_bytes() == encode_container(in_memory.cv)
+    assert streamed.quantization == quantization_effect(in_memory.cv, "u8")
