@@ -5,6 +5,10 @@ everything needed to rebuild the video - clip layout, frame rate, original size 
 keep settings, weights identity - is one JSON document in the safetensors metadata. No pickle: reading
 a file never runs code. A SHA-256 over the whole file (with its own digest zeroed) makes any damage,
 down to one flipped byte, a clear error instead of a garbled video.
+
+Neither side holds a whole video: reading checks everything but keeps per clip only its description,
+and `clip.latents` decodes that clip from bounded reads of the open file when asked; writing encodes
+clip by clip into a spool beside the output (`dfc/clip_store.py`).
 """
 
 from __future__ import annotations
