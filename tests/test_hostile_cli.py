@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from cli_helpers import REPO, dfc, one_line_error, save_weights
+from cli_helpers import REPO, dfc, measured_child, one_line_error, save_weights
 from hostile_files import damaged_safetensors, reseal, tiny_video, write_weights_folder
 from videos import make_test_video
 
@@ -179,27 +179,8 @@ def test_decompress_never_opens_weights_at_a_path_written_in_the_file(files, tmp
 # --------------------------------------------------- bounded memory: children limited and measured
 
 
-_CHILD = r"""
-import json, os, resource, sys
-resource.setrlimit(resource.RLIMIT_DATA, ({limit}, {limit}))
-
-def hwm():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-
-{body}
-"""
-
-
 def _child(body: str, limit: int = DATA_LIMIT, timeout: float = 240) -> dict:
-    code = _CHILD.format(limit=limit, body=body)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return measured_child(body, limit, timeout)
 
 
 def test_refusing_devices_junk_and_declared_sizes_stays_within_its_memory_budget(files, tmp_path):
