@@ -10,15 +10,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+_SIBLING = re.compile(r"\.(.+)\.dfc-[a-z]+-\d+-[0-9a-f]{8}")
+
 
 def temporary_sibling(path: Path, what: str = "tmp") -> Path:
     """A hidden, unique name beside `path`: `.NAME.dfc-tmp-PID-RANDOM`."""
     return path.with_name(f".{path.name}.dfc-{what}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def output_of(path: str | os.PathLike) -> Path:
+    """The output a temporary sibling stands for (`.NAME.dfc-tmp-PID-RANDOM` -> `NAME`); any other path
+    unchanged. Error messages name the file the user asked for, not our scaffolding."""
+    path = Path(path)
+    match = _SIBLING.fullmatch(path.name)
+    return path.with_name(match.group(1)) if match else path
 
 
 def remove(path: Path) -> None:

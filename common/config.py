@@ -40,6 +40,13 @@ def _limit(name: str) -> int:
     return MAX_WIDTH
 
 
+def _check_size(cfg: Any) -> None:
+    """After the fields: the model as a whole within `common.model_size.MAX_STATE_VALUES`."""
+    from common.model_size import check_model_size  # it imports this module
+
+    check_model_size(cfg)
+
+
 def _require(ok: bool, why: str, cfg: Any) -> None:
     if not ok:
         raise ConfigError(f"invalid {type(cfg).__name__}: {why} ({cfg})")
@@ -76,6 +83,7 @@ class VAEConfig:
             "patch_dim must divide by spatial_compression_rate",
             self,
         )
+        _check_size(self)
 
     @property
     def patch_dim(self) -> int:
@@ -126,6 +134,7 @@ class DiTConfig:
         _check_fields(self)
         _require(self.qkv_features % self.num_heads == 0, "qkv_features must divide by num_heads", self)
         _require(self.head_dim % 2 == 0, "head_dim must be even (RoPE rotates halves)", self)
+        _check_size(self)
 
     @property
     def head_dim(self) -> int:

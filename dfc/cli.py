@@ -60,7 +60,9 @@ def _user_facing() -> tuple[type[BaseException], ...]:
 
 
 def _os_error_line(err: OSError) -> str:
-    where = f"{err.filename}: " if err.filename else ""
+    from common.atomic import output_of
+
+    where = f"{output_of(err.filename)}: " if err.filename else ""
     return f"{where}{err.strerror or err}"
 
 

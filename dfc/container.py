@@ -5,16 +5,22 @@ everything needed to rebuild the video - clip layout, frame rate, original size 
 keep settings, weights identity - is one JSON document in the safetensors metadata. No pickle: reading
 a file never runs code. A SHA-256 over the whole file (with its own digest zeroed) makes any damage,
 down to one flipped byte, a clear error instead of a garbled video.
+
+Neither side holds a whole video: reading checks everything but keeps per clip only its description,
+and `clip.latents` decodes that clip from bounded reads of the open file when asked; writing encodes
+clip by clip into a spool beside the output (`dfc/clip_store.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import numbers
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +28,24 @@ from typing import Any
 import numpy as np
 
 from common import safetensors_header as framing
-from dfc import __version__
-from dfc.entropy import CODINGS, EntropyError
+from dfc import __version__, entropy
+from dfc.clip_store import (
+    DTYPES,
+    STORED,
+    ClipLatents,
+    ClipSpool,
+    ContainerError,
+    FileBytes,
+    MemoryBytes,
+    Source,
+    StoredLatents,
+    check_latent_values,
+)
+from dfc.entropy import CODINGS, FRAME_HEADER_MAX, EntropyError
 from dfc.errors import UserError
-from dfc.latent_values import bf16_bits_to_float32, dequantize_u8, float32_to_bf16_bits, quantize_u8
 from dfc.video import Crop, atomic_output
+
+__all__ = ["ClipLatents", "ClipSpool", "CompressedVideo", "ContainerError", "KeepSettings", "ModelInfo"]
 
 FORMAT_NAME = "dfc-video"
 FORMAT_VERSION = 2  # the newest this dfc reads and writes; a file without entropy coding is written as 1
@@ -39,10 +58,6 @@ MAX_SIDE = 8192  # the largest frame side a .dfc may declare (source or model), 
 
 _META_FORMAT, _META_VERSION, _META_DOC, _META_DIGEST = "format", "format_version", "dfc", "dfc.sha256"
 _DIGEST_PLACEHOLDER = "0" * 64
-
-
-class ContainerError(UserError):
-    """A `.dfc` file that cannot be written or read as it is: one line saying what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -63,29 +78,6 @@ class KeepSettings:
     mode: str = "threshold"
     k: int | None = None
     seed: int | None = None
-
-
-@dataclass
-class ClipLatents:
-    """One clip: frames `[start, start + num_frames)` of the video, the kept latents `(K, hw, L)` in
-    time order and their gaps `(K,)` (gaps[0] = index of the first kept frame within the clip)."""
-
-    start: int
-    num_frames: int
-    latents: np.ndarray
-    gaps: np.ndarray
-
-    @property
-    def stop(self) -> int:
-        return self.start + self.num_frames
-
-    @property
-    def kept(self) -> int:
-        return int(self.gaps.shape[0])
-
-    def positions(self) -> np.ndarray:
-        """Frame index (within the clip) of each kept latent."""
-        return np.cumsum(self.gaps, dtype=np.int64)
 
 
 @dataclass
@@ -124,13 +116,15 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 
 
 def _check_clip(index: int, clip: ClipLatents, model: ModelInfo) -> None:
+    """A clip's description and gaps; its latent values too when they are held in memory (stored ones
+    are checked as they are decoded, `StoredLatents.load`)."""
     where = f"clip {index} (frames {clip.start}..{clip.stop - 1})"
-    gaps, latents = clip.gaps, clip.latents
+    gaps, shape = clip.gaps, clip.latents_shape
     if gaps.ndim != 1 or gaps.dtype != np.int32 or gaps.shape[0] < 1:
         raise ContainerError(f"{where}: gaps must be int32 (K,) with K >= 1, got {gaps.dtype} {gaps.shape}")
     expected = (gaps.shape[0], model.num_patches, model.latent_dim)
-    if latents.shape != expected:
-        raise ContainerError(f"{where}: latents are {latents.shape}, expected (K, hw, L) = {expected}")
+    if shape != expected:
+        raise ContainerError(f"{where}: latents are {shape}, expected (K, hw, L) = {expected}")
     if gaps[0] < 0 or (gaps[1:] < 1).any():
         raise ContainerError(f"{where}: gaps must be >= 0 first and >= 1 after, got {gaps.tolist()}")
     last = int(np.sum(gaps, dtype=np.int64))
@@ -138,8 +132,8 @@ def _check_clip(index: int, clip: ClipLatents, model: ModelInfo) -> None:
         raise ContainerError(
             f"{where}: gaps place a kept frame at {last}, past the clip's {clip.num_frames} frames"
         )
-    if not np.isfinite(latents).all():
-        raise ContainerError(f"{where}: latents contain NaN or infinity")
+    if clip.stored is None:
+        check_latent_values(where, clip.latents)
 
 
 def check_compressed_video(cv: CompressedVideo) -> None:
@@ -195,40 +189,6 @@ def check_weights(cv: CompressedVideo, expected_weights: str) -> None:
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def _clip_tensors(index: int, clip: ClipLatents, latent_dtype: str) -> list[tuple[str, str, tuple, bytes]]:
-    """(name, safetensors dtype, shape, little-endian bytes) of one clip's tensors."""
-    name = f"clip.{index:05d}"
-    latents = np.asarray(clip.latents, np.float32)
-    tensors = [(f"{name}.gaps", "I32", clip.gaps.shape, clip.gaps.astype("<i4").tobytes())]
-    if latent_dtype == "bf16":
-        tensors.append(
-            (f"{name}.latents", "BF16", latents.shape, float32_to_bf16_bits(latents).astype("<u2").tobytes())
-        )
-    elif latent_dtype == "f32":
-        tensors.append((f"{name}.latents", "F32", latents.shape, latents.astype("<f4").tobytes()))
-    else:
-        codes, scale, low = quantize_u8(latents)
-        tensors.append((f"{name}.scale", "F32", scale.shape, scale.astype("<f4").tobytes()))
-        tensors.append((f"{name}.low", "F32", low.shape, low.astype("<f4").tobytes()))
-        tensors.append((f"{name}.latents", "U8", codes.shape, codes.tobytes()))
-    return tensors
-
-
-def _coded(tensors: list[tuple[str, str, tuple, bytes]], coding: str) -> list[tuple[str, str, tuple, bytes]]:
-    """A clip's tensors with its latents entropy-coded as `{name}.latents.{coding}`, a U8 byte string."""
-    if coding == "none":
-        return tensors
-    from dfc import entropy
-
-    out = []
-    for name, dtype, shape, data in tensors:
-        if name.endswith(".latents"):
-            blob = entropy.encode(np.frombuffer(data, _DTYPES[dtype]).reshape(shape), coding)
-            name, dtype, shape, data = f"{name}.{coding}", "U8", (len(blob),), blob
-        out.append((name, dtype, shape, data))
-    return out
-
-
 def _document(cv: CompressedVideo) -> dict[str, Any]:
     return {
         "producer": f"dfc {__version__}",
@@ -251,50 +211,87 @@ def _document(cv: CompressedVideo) -> dict[str, Any]:
     }
 
 
-def encode_container(cv: CompressedVideo) -> bytes:
-    """The bytes of the `.dfc` file for `cv` (what `write_container` writes)."""
-    check_compressed_video(cv)
+def _metadata(cv: CompressedVideo) -> dict[str, str]:
     try:
         document = json.dumps(_document(cv), separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as err:
         raise ContainerError(f"cannot describe the video as JSON: {err}") from None
-    metadata = {
+    return {
         _META_FORMAT: FORMAT_NAME,
         _META_VERSION: "1" if cv.latent_coding == "none" else str(FORMAT_VERSION),
         _META_DOC: document,
         _META_DIGEST: _DIGEST_PLACEHOLDER,
     }
+
+
+def _emit(out, metadata: dict[str, str], spool: ClipSpool) -> None:
+    """Header, then the spooled data copied chunk by chunk, hashed on the way; then the digest is
+    written over its placeholder in the header (same length), so nothing is held whole in memory."""
     header: dict[str, Any] = {"__metadata__": metadata}
-    chunks, offset = [], 0
-    for index, clip in enumerate(cv.clips):
-        for name, dtype, shape, data in _coded(_clip_tensors(index, clip, cv.latent_dtype), cv.latent_coding):
-            header[name] = {
+    offset = 0
+    for index, table in enumerate(spool.tables):
+        for name, dtype, shape, nbytes in table:
+            header[f"clip.{index:05d}.{name}"] = {
                 "dtype": dtype,
                 "shape": list(shape),
-                "data_offsets": [offset, offset + len(data)],
+                "data_offsets": [offset, offset + nbytes],
             }
-            chunks.append(data)
-            offset += len(data)
+            offset += nbytes
     prefix = framing.frame(header)
-    digest = hashlib.sha256(prefix)
-    for chunk in chunks:
-        digest.update(chunk)
     needle = _digest_field(_DIGEST_PLACEHOLDER)
-    prefix = prefix.replace(needle, _digest_field(digest.hexdigest()), 1)
-    return b"".join([prefix, *chunks])
+    at = prefix.index(needle) + needle.index(_DIGEST_PLACEHOLDER.encode())
+    digest = hashlib.sha256(prefix)
+    start = out.tell()
+    out.write(prefix)
+    for chunk in spool.chunks():
+        digest.update(chunk)
+        out.write(chunk)
+    out.seek(start + at)
+    out.write(digest.hexdigest().encode())
+    out.seek(0, io.SEEK_END)
+
+
+def _spooled(cv: CompressedVideo, spool: ClipSpool | None, folder: Path | None):
+    """`spool` when it holds exactly the clips of `cv`, else a new spool of them (closed after use)."""
+    if spool is not None and spool.holds(cv.clips, cv.latent_dtype, cv.latent_coding):
+        return nullcontext(spool)
+    fresh = ClipSpool(cv.latent_dtype, cv.latent_coding, folder)
+    try:
+        for clip in cv.clips:
+            fresh.add(clip)
+    except BaseException:
+        fresh.close()
+        raise
+    return fresh
+
+
+def encode_container(cv: CompressedVideo) -> bytes:
+    """The bytes of the `.dfc` file for `cv` (what `write_container` writes), built in memory."""
+    check_compressed_video(cv)
+    metadata = _metadata(cv)
+    out = io.BytesIO()
+    with _spooled(cv, None, None) as spool:
+        _emit(out, metadata, spool)
+    return out.getvalue()
 
 
 def _digest_field(hex_digest: str) -> bytes:
     return json.dumps({_META_DIGEST: hex_digest}, separators=(",", ":"))[1:-1].encode()
 
 
-def write_container(path: str | os.PathLike, cv: CompressedVideo) -> Path:
-    """Write `cv` to `path` atomically (temporary name, fsync, rename): never a half-written file."""
-    data = encode_container(cv)
+def write_container(path: str | os.PathLike, cv: CompressedVideo, spool: ClipSpool | None = None) -> Path:
+    """Write `cv` to `path` atomically (temporary name, fsync, rename): never a half-written file.
+
+    Clips are encoded one at a time into an unnamed temporary file beside `path`, so memory holds one
+    clip, never the file. With `spool` (a `ClipSpool` whose `add` gave the clips of `cv`, as `dfc
+    compress` makes while encoding), its bytes are written as they are, without encoding them again.
+    """
+    check_compressed_video(cv)
+    metadata = _metadata(cv)
     try:
         with atomic_output(path) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(data)
+            with _spooled(cv, spool, tmp.parent) as used, open(tmp, "wb") as f:
+                _emit(f, metadata, used)
                 f.flush()
                 os.fsync(f.fileno())
     except UserError as err:
@@ -351,13 +348,6 @@ def _describe_framing(err: framing.HeaderError) -> str:
     }[err.reason]
 
 
-def _parse_header(data: bytes) -> tuple[dict[str, Any], int]:
-    try:
-        return framing.parse(data)
-    except framing.HeaderError as err:
-        raise _Corrupt(_describe_framing(err)) from None
-
-
 def _check_format(header: dict[str, Any]) -> dict[str, str]:
     metadata = header.get("__metadata__")
     name = metadata.get(_META_FORMAT) if isinstance(metadata, dict) else None
@@ -379,36 +369,47 @@ def _check_format(header: dict[str, Any]) -> dict[str, str]:
     return metadata
 
 
-def _check_digest(data: bytes, header_end: int, metadata: dict[str, str]) -> None:
+def _check_digest(source: Source, header_end: int, metadata: dict[str, str]) -> None:
+    """The SHA-256 of the file, read in bounded chunks (never mapped: mapped pages count as the
+    process's memory), against the stored one."""
     stored = metadata.get(_META_DIGEST, "")
     _need(len(stored) == 64 and all(c in "0123456789abcdef" for c in stored), "no valid checksum")
-    prefix = data[:header_end]
+    prefix = source.read(0, header_end)
     field_bytes = _digest_field(stored)
     _need(prefix.count(field_bytes) == 1, "checksum field not found where dfc writes it")
     digest = hashlib.sha256(prefix.replace(field_bytes, _digest_field(_DIGEST_PLACEHOLDER), 1))
-    digest.update(memoryview(data)[header_end:])
+    for chunk in source.chunks(header_end, source.size):
+        digest.update(chunk)
     _need(
         digest.hexdigest() == stored,
         "checksum mismatch: the file was changed or damaged after it was written",
     )
 
 
-_DTYPES = {"BF16": np.dtype("<u2"), "F32": np.dtype("<f4"), "I32": np.dtype("<i4"), "U8": np.dtype("u1")}
-
-
-def _tensors(header: dict[str, Any], data: bytes | memoryview, header_end: int) -> dict[str, np.ndarray]:
-    """Raw tensors (bf16 as uint16 bits), after checking that they tile the data buffer exactly (the
-    one tensor-table check of `common.safetensors_header`, on the declared sizes before any view)."""
+def _table(header: dict[str, Any], source: Source, header_end: int) -> dict[str, framing.Entry]:
+    """The tensor entries, after checking that they tile the data exactly (the one tensor-table check
+    of `common.safetensors_header`, on the declared sizes: nothing is read or allocated for them)."""
     try:
-        table = framing.tensor_table(
-            header, len(data) - header_end, {k: v.itemsize for k, v in _DTYPES.items()}
+        return framing.tensor_table(
+            header, source.size - header_end, {k: v.itemsize for k, v in DTYPES.items()}
         )
     except framing.TableError as err:
         raise _Corrupt(str(err)) from None
-    return {
-        name: np.frombuffer(data, _DTYPES[e.dtype], math.prod(e.shape), header_end + e.begin).reshape(e.shape)
-        for name, e in table.items()
-    }
+
+
+class _Tensors:
+    """Reads small tensors (gaps, 8-bit scale and low) of the file being read, by name."""
+
+    def __init__(self, table: dict[str, framing.Entry], source: Source, header_end: int):
+        self.table, self.source, self.base = table, source, header_end
+
+    def entry(self, name: str) -> framing.Entry | None:
+        return self.table.get(name)
+
+    def array(self, name: str) -> np.ndarray:
+        e = self.table[name]
+        data = self.source.read(self.base + e.begin, e.nbytes)
+        return np.frombuffer(data, DTYPES[e.dtype]).reshape(e.shape)
 
 
 def _crop_from(doc: dict[str, Any]) -> Crop:
@@ -421,59 +422,62 @@ def _crop_from(doc: dict[str, Any]) -> Crop:
         raise _Corrupt(str(err)) from None
 
 
-def _decoded(
-    tensors: dict[str, np.ndarray], name: str, coding: str, wanted: np.dtype, shape: tuple[int, ...]
-) -> np.ndarray | None:
-    """The stored latents `name` of `shape`, entropy-decoded from `{name}.{coding}` when coded."""
-    if coding == "none":
-        return tensors.get(name)
-    coded = tensors.get(f"{name}.{coding}")
-    if coded is None or coded.dtype != np.dtype("u1") or coded.ndim != 1:
-        return None
-    from dfc import entropy
-
-    try:
-        return entropy.decode(coded.tobytes(), wanted, shape, coding)
-    except EntropyError as err:
-        raise _Corrupt(f"{name}: {err}") from None
-
-
 def _clip_from(
     index: int,
     entry: dict[str, Any],
-    tensors: dict[str, np.ndarray],
+    tensors: _Tensors,
     latent_dtype: str,
     coding: str,
     model: ModelInfo,
+    prefix: str,
 ) -> ClipLatents:
+    """A clip's description, gaps and 8-bit scale/low, checked; its latents stay where they are stored
+    (checked up to the zstd frame's declared size), decoded when asked for."""
     name = f"clip.{index:05d}"
     start = _field(entry, "start", int, minimum=0)
     num_frames = _field(entry, "num_frames", int, minimum=1)
     kept = _field(entry, "kept", int, minimum=1)
-    wanted = {"bf16": np.dtype("<u2"), "f32": np.dtype("<f4"), "u8": np.dtype("u1")}[latent_dtype]
+    code, wanted = STORED[latent_dtype]
     shape = (kept, model.num_patches, model.latent_dim)
-    stored = _decoded(tensors, f"{name}.latents", coding, wanted, shape)
-    _need(f"{name}.gaps" in tensors and stored is not None, f"tensors of clip {index} are missing")
-    gaps = tensors[f"{name}.gaps"]
+    gaps_entry = tensors.entry(f"{name}.gaps")
+    stored = tensors.entry(f"{name}.latents" if coding == "none" else f"{name}.latents.{coding}")
+    _need(gaps_entry is not None and stored is not None, f"tensors of clip {index} are missing")
     _need(
-        gaps.shape == (kept,), f"clip {index}: {gaps.shape[0] if gaps.ndim else '?'} gaps, {kept} kept frames"
+        gaps_entry.shape == (kept,),
+        f"clip {index}: {gaps_entry.shape[0] if gaps_entry.shape else '?'} gaps, {kept} kept frames",
     )
-    _need(stored.ndim == 3 and stored.shape[0] == kept, f"clip {index}: latents are {stored.shape}")
-    _need(stored.dtype == wanted and gaps.dtype == np.dtype("<i4"), f"clip {index}: tensor dtypes disagree")
-    if latent_dtype == "bf16":
-        latents = bf16_bits_to_float32(stored)
-    elif latent_dtype == "f32":
-        latents = stored.astype(np.float32)
+    if coding == "none":
+        _need(len(stored.shape) == 3 and stored.shape[0] == kept, f"clip {index}: latents are {stored.shape}")
+        _need(stored.dtype == code and gaps_entry.dtype == "I32", f"clip {index}: tensor dtypes disagree")
+        shape = stored.shape
     else:
-        scale, low = tensors.get(f"{name}.scale"), tensors.get(f"{name}.low")
-        _need(scale is not None and low is not None, f"clip {index}: 8-bit scale or low is missing")
-        _need(scale.shape == low.shape == (stored.shape[2],), f"clip {index}: 8-bit scale/low shapes")
+        _need(stored.dtype == "U8" and len(stored.shape) == 1, f"tensors of clip {index} are missing")
+        _need(gaps_entry.dtype == "I32", f"clip {index}: tensor dtypes disagree")
+        head = tensors.source.read(tensors.base + stored.begin, min(stored.nbytes, FRAME_HEADER_MAX))
+        try:
+            entropy.check_frame(head, wanted, shape, coding)
+        except EntropyError as err:
+            raise _Corrupt(f"{name}.latents: {err}") from None
+    scale = low = None
+    if latent_dtype == "u8":
+        found = [tensors.entry(f"{name}.{part}") for part in ("scale", "low")]
+        _need(None not in found, f"clip {index}: 8-bit scale or low is missing")
+        _need(
+            all(e.shape == (shape[2],) and e.dtype == "F32" for e in found),
+            f"clip {index}: 8-bit scale/low shapes",
+        )
+        scale, low = (tensors.array(e.name).astype(np.float32) for e in found)
         _need(bool(np.isfinite(scale).all() and (scale >= 0).all() and np.isfinite(low).all()), "8-bit scale")
-        latents = dequantize_u8(stored, scale, low)
-    return ClipLatents(start=start, num_frames=num_frames, latents=latents, gaps=gaps.astype(np.int32))
+    gaps = tensors.array(f"{name}.gaps").astype(np.int32)
+    where = f"clip {index} (frames {start}..{start + num_frames - 1})"
+    place = StoredLatents(
+        tensors.source, tuple(shape), latent_dtype, coding, tensors.base + stored.begin,
+        tensors.base + stored.end, scale, low, prefix, where, f"{name}.latents",
+    )  # fmt: skip
+    return ClipLatents(start=start, num_frames=num_frames, latents=place, gaps=gaps)
 
 
-def _video_from(doc: Any, tensors: dict[str, np.ndarray], version: int) -> CompressedVideo:
+def _video_from(doc: Any, tensors: _Tensors, version: int, prefix: str) -> CompressedVideo:
     _need(isinstance(doc, dict), "the description is not a JSON object")
     video = _field(doc, "video", dict)
     model_doc = _field(doc, "model", dict)
@@ -497,12 +501,15 @@ def _video_from(doc: Any, tensors: dict[str, np.ndarray], version: int) -> Compr
     _need(coding in CODINGS, f"unknown latent coding {coding!r}")
     _need((coding != "none") == (version >= 2), f"format version {version} with latent coding {coding!r}")
     clip_docs = _field(doc, "clips", list)
-    clips = [_clip_from(i, entry, tensors, latent_dtype, coding, model) for i, entry in enumerate(clip_docs)]
+    clips = [
+        _clip_from(i, entry, tensors, latent_dtype, coding, model, prefix)
+        for i, entry in enumerate(clip_docs)
+    ]
     latents = "latents" if coding == "none" else f"latents.{coding}"
     expected_names = {f"clip.{i:05d}.{part}" for i in range(len(clips)) for part in ("gaps", latents)}
     if latent_dtype == "u8":
         expected_names |= {f"clip.{i:05d}.{part}" for i in range(len(clips)) for part in ("scale", "low")}
-    _need(set(tensors) == expected_names, "the tensors do not match the clips described")
+    _need(set(tensors.table) == expected_names, "the tensors do not match the clips described")
     cv = CompressedVideo(
         fps=_finite(_field(video, "fps", (int, float)), "fps"),
         num_frames=_field(video, "num_frames", int, minimum=1),
@@ -523,20 +530,20 @@ def _video_from(doc: Any, tensors: dict[str, np.ndarray], version: int) -> Compr
     return cv
 
 
-def decode_container(
-    data: bytes, *, expected_weights: str | None = None, name: str = "<bytes>"
+def _open(
+    source: Source, header: dict[str, Any], header_end: int, expected_weights: str | None, name: str
 ) -> CompressedVideo:
-    """Parse and fully check the bytes of a `.dfc` file; every problem is one `ContainerError` line."""
+    """Every check of docs/FORMAT.md but the latent values (checked as each clip is decoded)."""
     try:
-        header, header_end = _parse_header(data)
         metadata = _check_format(header)
-        tensors = _tensors(header, data, header_end)  # before the checksum, to tell truncation apart
-        _check_digest(data, header_end, metadata)
+        table = _table(header, source, header_end)  # before the checksum, to tell truncation apart
+        _check_digest(source, header_end, metadata)
         try:
             doc = json.loads(metadata[_META_DOC])
         except (KeyError, ValueError, RecursionError):
             raise _Corrupt("its description is missing or not JSON") from None
-        cv = _video_from(doc, tensors, int(metadata[_META_VERSION]))
+        prefix = f"{name}: damaged or not a .dfc file: "
+        cv = _video_from(doc, _Tensors(table, source, header_end), int(metadata[_META_VERSION]), prefix)
         check_compressed_video(cv)
     except _Corrupt as err:
         raise ContainerError(f"{name}: damaged or not a .dfc file: {err}") from None
@@ -550,13 +557,25 @@ def decode_container(
     return cv
 
 
+def decode_container(
+    data: bytes, *, expected_weights: str | None = None, name: str = "<bytes>"
+) -> CompressedVideo:
+    """Parse and check the bytes of a `.dfc` file; every problem is one `ContainerError` line. The
+    clips' latents are decoded (and their values checked) each time `clip.latents` is read."""
+    try:
+        header, header_end = framing.parse(data)
+    except framing.HeaderError as err:
+        raise ContainerError(f"{name}: damaged or not a .dfc file: {_describe_framing(err)}") from None
+    return _open(MemoryBytes(data, name), header, header_end, expected_weights, name)
+
+
 def read_container(path: str | os.PathLike, *, expected_weights: str | None = None) -> CompressedVideo:
     """Read and check a `.dfc` file. With `expected_weights`, refuse a file made with other weights.
 
     A FIFO or a device is refused before it is opened; the header is read with bounded reads and its
-    format checked before the rest of the file is mapped (never copied into memory whole)."""
-    import mmap
-
+    format checked first; the checksum is computed over bounded reads. The clips keep their
+    descriptions only: `clip.latents` decodes a clip from the open file when asked (and checks its
+    values then), so memory does not grow with the number of clips (docs/FORMAT.md)."""
     from common.files import InputFileError, check_regular
 
     path = Path(path)
@@ -565,33 +584,16 @@ def read_container(path: str | os.PathLike, *, expected_weights: str | None = No
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             try:
-                header, _ = framing.read(f, size)
-                _check_format(header)
+                header, header_end = framing.read(f, size)
             except framing.HeaderError as err:
                 raise ContainerError(
                     f"{path}: damaged or not a .dfc file: {_describe_framing(err)}"
                 ) from None
-            except _Corrupt as err:
-                raise ContainerError(f"{path}: damaged or not a .dfc file: {err}") from None
-            except ContainerError as err:
-                raise ContainerError(f"{path}: {err}") from None
-            # not closed explicitly: arrays viewing it (also in a traceback) keep it alive until freed
-            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        cv = decode_container(data, expected_weights=expected_weights, name=str(path))
-        _detach(cv)
-        return cv
+            source = FileBytes(f.fileno(), size, str(path))
+        return _open(source, header, header_end, expected_weights, str(path))
     except InputFileError as err:
         raise ContainerError(str(err)) from None
     except FileNotFoundError:
         raise ContainerError(f"{path}: no such file") from None
     except OSError as err:
         raise ContainerError(f"{path}: cannot read ({err.strerror or err})") from None
-
-
-def _detach(cv: CompressedVideo) -> None:
-    """Own copies of any array still viewing the mapped file, so that the map can close."""
-    for clip in cv.clips:
-        if clip.latents.base is not None:
-            clip.latents = np.array(clip.latents)
-        if clip.gaps.base is not None:
-            clip.gaps = np.array(clip.gaps)

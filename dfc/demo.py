@@ -283,7 +283,7 @@ def _compress_and_decompress(
     )  # fmt: skip
     cv.latent_coding = "zstd"  # as `dfc compress` writes by default
     compressed = write_container(out / "compressed.dfc", cv)
-    report = size_report(cv, input_path)
+    report = size_report(cv, input_path, compressed)
 
     phases.start("decompress", "decompressing")
     read = read_container(compressed, expected_weights=loaded.identity)

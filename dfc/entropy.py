@@ -22,6 +22,7 @@ CODINGS = ("none", "zstd")
 LEVEL = 19
 # 256 MiB of decoded latents per clip: the published model's longest clip needs 6.3 MB (64 x 256 x 96 float32)
 MAX_DECODED_BYTES = 256 * 1024 * 1024
+FRAME_HEADER_MAX = 18  # bytes: a zstd frame header is never longer (ZSTD_FRAMEHEADERSIZE_MAX)
 
 
 class EntropyError(ValueError):
@@ -37,8 +38,9 @@ def encode(stored: np.ndarray, coding: str = "zstd") -> bytes:
     return zstandard.ZstdCompressor(level=LEVEL, write_content_size=True).compress(_planes(stored))
 
 
-def decode(coded: bytes, dtype: np.dtype, shape: tuple[int, int, int], coding: str = "zstd") -> np.ndarray:
-    """The stored latents `(K, hw, L)` back, when `coded` is one whole frame of exactly their size."""
+def check_frame(head: bytes, dtype: np.dtype, shape: tuple[int, int, int], coding: str = "zstd") -> int:
+    """The decoded size latents of `shape` need, after checking it against `MAX_DECODED_BYTES` and against
+    the size the frame declares (`head`: the coded bytes, or at least their first `FRAME_HEADER_MAX`)."""
     if coding != "zstd":
         raise EntropyError(f"unknown latent coding {coding!r}")
     expected_bytes = math.prod(shape) * dtype.itemsize
@@ -50,7 +52,7 @@ def decode(coded: bytes, dtype: np.dtype, shape: tuple[int, int, int], coding: s
     import zstandard
 
     try:
-        declared = zstandard.frame_content_size(coded)
+        declared = zstandard.frame_content_size(head)
     except zstandard.ZstdError:
         raise EntropyError("the coded latents are not a zstd frame") from None
     if declared != expected_bytes:
@@ -58,6 +60,14 @@ def decode(coded: bytes, dtype: np.dtype, shape: tuple[int, int, int], coding: s
         raise EntropyError(
             f"the coded latents declare {said} decoded, their shape needs {expected_bytes:,} B"
         )
+    return expected_bytes
+
+
+def decode(coded: bytes, dtype: np.dtype, shape: tuple[int, int, int], coding: str = "zstd") -> np.ndarray:
+    """The stored latents `(K, hw, L)` back, when `coded` is one whole frame of exactly their size."""
+    expected_bytes = check_frame(coded, dtype, shape, coding)
+    import zstandard
+
     decoder = zstandard.ZstdDecompressor().decompressobj()
     try:
         planes = decoder.decompress(coded)

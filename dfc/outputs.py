@@ -6,6 +6,8 @@ home of "never replace what the user did not ask to replace".
 - An output that is one of the command's own inputs (the same file through a symlink, `..`, a hard
   link or a trailing slash) is refused, `--force` or not: `--force` replaces old outputs, never inputs.
 - An existing output is replaced only with `--force`.
+- An output where nothing can be written (a read-only folder, one without permission) is refused at once,
+  not after the work that would have filled it.
 """
 
 from __future__ import annotations
@@ -58,6 +60,26 @@ def _inside(path: str, folder: str) -> bool:
     return real != base and os.path.commonpath([real, base]) == base
 
 
+def check_writable(path: str | os.PathLike, flag: str = "", *, is_folder: bool = False) -> None:
+    """Refuse an output where no new file can be made: a probe file, the kind of hidden temporary sibling
+    every output starts as, is created and removed at once in the folder that would hold the output (for a
+    folder output, the folder itself), or in its nearest existing ancestor when that folder is still to be
+    made."""
+    from common.atomic import temporary_sibling
+
+    text = os.fspath(path)
+    folder = Path(os.path.abspath(text))
+    folder = folder if is_folder else folder.parent
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    probe = temporary_sibling(folder / "write-probe")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as err:
+        raise UserError(f"{flag}{text}: cannot write in {folder} ({err.strerror or err})") from None
+    os.unlink(probe)
+
+
 def check_file_target(
     path: str | os.PathLike, *, overwrite: bool, inputs: Iterable = (), flag: str = ""
 ) -> None:
@@ -75,6 +97,7 @@ def check_file_target(
         raise UserError(f"{flag}{text}: exists; pass --force to replace it")
     if (target.exists() or target.is_symlink()) and not target.is_file():
         raise UserError(f"{flag}{text}: exists and is not a regular file; refusing to replace it")
+    check_writable(text, flag)
 
 
 def check_folder_target(path: str | os.PathLike, *, inputs: Iterable = (), flag: str = "") -> None:
@@ -85,6 +108,7 @@ def check_folder_target(path: str | os.PathLike, *, inputs: Iterable = (), flag:
     target = Path(text)
     if (target.exists() or target.is_symlink()) and not target.is_dir():
         raise UserError(f"{flag}{text}: exists and is not a folder; refusing to replace it with a folder")
+    check_writable(text, flag, is_folder=True)
 
 
 def check_video_target(path: str, *, overwrite: bool = False, inputs: Iterable = ()) -> None:
@@ -110,3 +134,4 @@ def check_video_target(path: str, *, overwrite: bool = False, inputs: Iterable =
         raise UserError(f"{path}: exists and is not a regular file; refusing to replace it")
     if not target.absolute().parent.is_dir():
         raise UserError(f"{path}: the folder {target.absolute().parent} does not exist")
+    check_writable(path, is_folder=is_folder)

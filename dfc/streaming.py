@@ -1,8 +1,10 @@
 """Compressing a video clip by clip, so memory does not grow with its length (what `dfc compress` runs).
 
 `dfc.video.open_video` + `fit_clips` read and fit one clip at a time; clips of equal length are encoded
-`batch_size` at a time, and only the kept latents (the output) are kept. Quality (`measure`) is summed
-per clip, so it needs no second copy of the video either.
+`batch_size` at a time, and only the kept latents (the output) are kept: with a `ClipSpool`, not even
+those (each clip is encoded and spooled to a temporary file as it is made, and the `.dfc` is written
+from there). Quality (`measure`) and the cost of storing the latents (`quantization`) are summed per
+clip, so they need no second copy of the video or of its latents either.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dfc.container import ClipLatents, CompressedVideo, KeepSettings
+from dfc.container import ClipLatents, ClipSpool, CompressedVideo, KeepSettings
 from dfc.latent_values import stored_values
 from dfc.video import VideoFrames, VideoInfo, check_clip_frames, fit_clips, open_video
 
@@ -24,6 +26,7 @@ class StreamedVideo:
     cv: CompressedVideo
     info: VideoInfo  # num_frames counted while reading
     quality: dict[str, dict[str, float]] = field(default_factory=dict)  # dtype -> {"mse", "psnr"}
+    quantization: dict | None = None  # `container_report.quantization_effect`, when asked for
     warning: str | None = None  # the line printed about a file that did not decode cleanly (VideoFrames)
 
 
@@ -56,6 +59,9 @@ def compress_stream(
     clip_frames: int = 32,
     fit: str = "crop",
     latent_dtype: str = "bf16",
+    latent_coding: str = "none",
+    spool: ClipSpool | None = None,
+    quantization: bool = False,
     batch_size: int = 4,
     measure: Sequence[str] = (),
     max_frames: int | None = None,
@@ -67,11 +73,17 @@ def compress_stream(
     The same latents as `codec.compress_video` (same clips, same Bernoulli draws per clip index).
     `measure`: latent dtypes whose decoded MSE/PSNR against the model-size input to report.
     `on_frames(n)` is called as each batch of `n` frames is done (progress). `opened`: what
-    `dfc.video.open_video(path)` returned, when the caller opened the video already.
+    `dfc.video.open_video(path)` returned, when the caller opened the video already. `spool`: a
+    `ClipSpool(latent_dtype, latent_coding, folder)` that takes each clip as it is made (then
+    `write_container(out, streamed.cv, spool)`); `quantization`: report what storing the latents as
+    `latent_dtype` costs (`container_report.quantization_effect`), measured before they are stored.
     """
     from dfc.codec import check_keep, compress_clip_batch, decode_clips, model_info
+    from dfc.container_report import QuantizationTally
 
     check_keep(mode, k, keep_rate)
+    if spool is not None and (spool.latent_dtype, spool.latent_coding) != (latent_dtype, latent_coding):
+        raise ValueError("the spool stores latents otherwise than latent_dtype and latent_coding say")
     cfg = vae.config
     if opened is None:
         check_clip_frames(clip_frames, cfg.max_temporal_len)  # before ffmpeg starts
@@ -81,6 +93,7 @@ def compress_stream(
         stream, info, clip_frames, cfg.height, cfg.width, fit, max_len=cfg.max_temporal_len, source=path
     )
     squares = {dtype: _Squares() for dtype in measure}
+    tally = QuantizationTally(latent_dtype) if quantization else None
     done: list[ClipLatents] = []
     pending: list[tuple[int, int, np.ndarray]] = []
 
@@ -92,7 +105,10 @@ def compress_stream(
             ]
             decoded = decode_clips(vae, stored, batch_size=batch_size)
             sums.add(np.concatenate([clip for _, _, clip in pending]), decoded)
-        done.extend(encoded)
+        for clip in encoded:
+            if tally is not None:
+                tally.add(clip.latents)
+            done.append(spool.add(clip) if spool is not None else clip)
         if on_frames is not None:
             on_frames(sum(len(clip) for _, _, clip in pending))
         pending.clear()
@@ -117,7 +133,9 @@ def compress_stream(
         latent_dtype=latent_dtype,
         source_name=Path(path).name,
         extra=notes,
+        latent_coding=latent_coding,
     )
     counted = VideoInfo(num_frames, info.fps, info.width, info.height)
     quality = {dtype: sums.result() for dtype, sums in squares.items()}
-    return StreamedVideo(cv, counted, quality, stream.warning)
+    quantization = tally.result() if tally is not None else None
+    return StreamedVideo(cv, counted, quality, quantization, stream.warning)

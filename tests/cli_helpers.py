@@ -13,15 +13,21 @@ _SCRIPT = Path(sys.executable).with_name("dfc")
 
 
 def dfc(
-    *args: object, cwd: Path | None = None, timeout: float = 300, **env: str
+    *args: object, cwd: Path | None = None, timeout: float = 300, wrapper: tuple[str, ...] = (), **env: str
 ) -> subprocess.CompletedProcess:
-    """`dfc ARGS...` with the hub offline; extra keyword arguments are environment variables."""
+    """`dfc ARGS...` with the hub offline; extra keyword arguments are environment variables. `wrapper`
+    is a command line that runs the rest (`unshare ...`)."""
     command = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "dfc.cli"]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", **env}
     # the checkout first, so the script runs this code even when the editable install is stale
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return subprocess.run(
-        [*command, *map(str, args)], cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
+        [*wrapper, *command, *map(str, args)],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -49,3 +55,29 @@ def save_weights(folder: Path, preset: str, seed: int = 0) -> Path:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps(config.to_dict()))
     return folder
+
+
+_MEASURED = r"""
+import json, os, resource, sys
+resource.setrlimit(resource.RLIMIT_DATA, ({limit}, {limit}))
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+{body}
+"""
+
+
+def measured_child(body: str, limit: int, timeout: float = 240) -> dict:
+    """Run `body` in a fresh Python whose data segment is capped at `limit` bytes (RLIMIT_DATA: an
+    RLIMIT_AS that low kills `import torch` itself); `hwm()` there is its peak resident memory (VmHWM).
+    The body prints one JSON line last; that is the answer."""
+    code = _MEASURED.format(limit=limit, body=body)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

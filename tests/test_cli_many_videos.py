@@ -7,6 +7,7 @@ The VAE is the random-weight `vae-tiny` (32x32, 16-frame clips).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -234,21 +235,30 @@ def test_two_workers_share_the_videos_and_a_killed_worker_s_video_is_handed_to_t
     folder = _many(8, 96, tmp_path / "videos")
     out = tmp_path / "out"
     child = _dfc_child("compress", folder, out, "--weights", weights, "--clip-frames", 16, "--workers", 2)
-    workers: set[str] = set()
 
-    def a_worker_is_midway_through_its_second_video() -> bool:
+    def midway_through_a_later_video() -> set[str]:
+        """Workers that finished a video and are now in the middle of another."""
         finished = {r["worker"] for r in _records(out)} if (out / LEDGER).is_file() else set()
+        busy = set()
         for staging in (out / ".dfc-staging").glob("t*") if out.is_dir() else []:
             worker = staging.name.split("-", 1)[1]
             # its staging folder is empty until the video's output is written at the end
-            if worker in finished and not any(staging.iterdir()):
-                workers.add(worker)
-                return True
-        return False
+            with contextlib.suppress(FileNotFoundError):  # the coordinator just moved it into place
+                if worker in finished and not any(staging.iterdir()):
+                    busy.add(worker)
+        return busy
 
-    _wait_for(a_worker_is_midway_through_its_second_video, what="a worker busy with its second video")
-    victim = workers.pop()
-    os.kill(int(victim.rsplit("-", 1)[1]), signal.SIGKILL)
+    while True:  # freeze a candidate, check it is still mid-video (a loaded machine is slow to poll), kill it
+        _wait_for(lambda: bool(midway_through_a_later_video()), what="a worker busy with its second video")
+        victim = sorted(midway_through_a_later_video() or {""})[0]
+        if not victim:
+            continue
+        pid = int(victim.rsplit("-", 1)[1])
+        os.kill(pid, signal.SIGSTOP)
+        if victim in midway_through_a_later_video():
+            os.kill(pid, signal.SIGKILL)
+            break
+        os.kill(pid, signal.SIGCONT)
     stdout, stderr = child.communicate(timeout=300)
     assert child.returncode == 0, stderr
     assert re.search(rf"worker {victim} exited \(status -9\); v\d handed out again", stderr)

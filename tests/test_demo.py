@@ -69,6 +69,25 @@ def test_demo_with_missing_weights_is_one_line(tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
+def test_a_demo_that_fails_half_way_leaves_nothing_behind(tmp_path):
+    # weights whose file is empty: the demo writes its clip, then fails loading them
+    weights = save_weights(tmp_path / "damaged", "vae-tiny")
+    (weights / "model.safetensors").write_bytes(b"")
+    result = dfc("demo", "--out", tmp_path / "demo", "--weights", weights)
+    assert "== making the test clip" in result.stdout  # it got past writing input.mp4
+    assert "not a readable safetensors file" in one_line_error(result, "demo")
+    assert not (tmp_path / "demo").exists()
+    # a folder of an earlier demo run keeps only what the user put there
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / ".dfc-demo").write_text("made by dfc demo\n")
+    (earlier / "input.mp4").write_bytes(b"an earlier run's clip")
+    (earlier / "notes.txt").write_text("mine")
+    result = dfc("demo", "--out", earlier, "--weights", weights)
+    assert "not a readable safetensors file" in one_line_error(result, "demo")
+    assert [p.name for p in earlier.iterdir()] == ["notes.txt"]
+
+
 @pytest.mark.slow
 def test_the_default_demo_trains_and_finishes_in_under_three_minutes(tmp_path):
     started = time.monotonic()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from cli_helpers import REPO, dfc, one_line_error, save_weights
+from cli_helpers import REPO, dfc, measured_child, one_line_error, save_weights
 from hostile_files import damaged_safetensors, reseal, tiny_video, write_weights_folder
 from videos import make_test_video
 
@@ -94,6 +94,44 @@ def test_a_config_json_asking_for_a_billion_layers_is_refused_at_once(files, tmp
     assert "encoder_depth must be between 0 and 1024" in one_line_error(result, "compress")
 
 
+def _read_only(folder: Path) -> tuple[str, ...]:
+    """A wrapper command under which `folder` is read-only for the dfc it runs. For a user other than root
+    the folder's mode does it; root writes through modes, so for root a read-only file system is mounted on
+    the folder in a mount namespace of that one process (nothing outside it sees the mount)."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return ()
+    script = 'mount -t tmpfs -o ro tmpfs "$0" && exec "$@"'
+    wrapper = ("unshare", "--mount", "sh", "-c", script, str(folder))
+    probe = subprocess.run([*wrapper, "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"root without mount namespaces, so no read-only folder: {probe.stderr.strip()}")
+    return wrapper
+
+
+def test_outputs_in_a_read_only_folder_are_one_line_naming_what_could_not_be_written(files, tmp_path):
+    locked = tmp_path / "locked"
+    wrapper = _read_only(locked)
+    runs = {
+        locked: ("evaluate", files["video"], "--weights", files["weights"], "--out", locked),
+        locked / "report": (
+            "evaluate",
+            files["video"],
+            "--weights",
+            files["weights"],
+            "--out",
+            locked / "report",
+        ),
+        locked / "o.dfc": ("compress", files["video"], locked / "o.dfc", "--weights", files["weights"]),
+    }
+    for named, args in runs.items():  # refused before any video is read or model loaded
+        line = one_line_error(dfc(*args, wrapper=wrapper), args[0])
+        assert f"{named}: cannot write in {locked} (" in line.replace("--out ", ""), line
+        assert "Read-only file system" in line or "Permission denied" in line, line
+    assert not any(locked.iterdir())
+
+
 def test_bad_options_are_one_line(files, tmp_path):
     """Reproduction 8 (the option half) and --clip-frames 0; 300-character names are one line too."""
     result = dfc("compress", files["video"], tmp_path / "o.dfc", "--clip-frames", 0, "--mode", "bernoulli")
@@ -141,27 +179,8 @@ def test_decompress_never_opens_weights_at_a_path_written_in_the_file(files, tmp
 # --------------------------------------------------- bounded memory: children limited and measured
 
 
-_CHILD = r"""
-import json, os, resource, sys
-resource.setrlimit(resource.RLIMIT_DATA, ({limit}, {limit}))
-
-def hwm():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-
-{body}
-"""
-
-
 def _child(body: str, limit: int = DATA_LIMIT, timeout: float = 240) -> dict:
-    code = _CHILD.format(limit=limit, body=body)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return measured_child(body, limit, timeout)
 
 
 def test_refusing_devices_junk_and_declared_sizes_stays_within_its_memory_budget(files, tmp_path):

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from dfc.batch.inputs import Task
 from dfc.batch.ledger import LEDGER_NAME, STAGING_NAME, Ledger, input_stamp
 from dfc.errors import UserError
+from dfc.outputs import check_writable
 
 STAGING = STAGING_NAME
 HEARTBEAT_S = 1.0
@@ -105,6 +106,9 @@ class Coordinator:
     def __init__(self, job: Job, args, tasks: list[Task], workers: int):
         self.job, self.args, self.tasks, self.workers = job, args, tasks, workers
         self.out = job.out(args)
+        check_writable(
+            self.out, "--out ", is_folder=True
+        )  # a read-only folder is one line now, not after the work
         self.ledger = Ledger.open(self.out, job.command, job.settings(args), force=args.force)
         self.stamps = {t.id: input_stamp(t.input) for t in tasks}
         self.todo = [t for t in tasks if not self.ledger.is_finished(t.input, self.stamps[t.id])]

@@ -135,8 +135,8 @@ def run(args: argparse.Namespace) -> int:
     state = JOB.setup(args, args.device, None)
     from tqdm.auto import tqdm
 
-    from dfc.container import write_container
-    from dfc.container_report import quantization_effect, size_report
+    from dfc.container import ClipSpool, write_container
+    from dfc.container_report import size_report
 
     bar = None
 
@@ -149,21 +149,23 @@ def run(args: argparse.Namespace) -> int:
         )
         bar.update(count)
 
-    try:
-        streamed = _compress(state, args.input, on_frames, opened)
-    finally:
-        if bar is not None:
-            bar.close()
+    # each clip is spooled beside the output as it is encoded: neither the latents nor the file in memory
+    with ClipSpool(args.latent_dtype, args.entropy, Path(args.output).absolute().parent) as spool:
+        try:
+            streamed = _compress(state, args.input, on_frames, opened, spool)
+        finally:
+            if bar is not None:
+                bar.close()
+        write_container(args.output, streamed.cv, spool)
     cv = streamed.cv
-    quantization = quantization_effect(cv, args.latent_dtype) if args.latent_dtype != "f32" else None
-    write_container(args.output, cv)
-    report = size_report(cv, args.input if Path(args.input).is_file() else None)
-    _print_summary(args, streamed.info, cv, state.loaded, report, quantization, streamed.quality)
+    report = size_report(cv, args.input if Path(args.input).is_file() else None, args.output)
+    _print_summary(args, streamed.info, cv, state.loaded, report, streamed.quantization, streamed.quality)
     return 0
 
 
-def _compress(state, source, on_frames, opened=None):
-    """One video, read and encoded clip by clip (`dfc.streaming`); `opened`: `open_video(source)`."""
+def _compress(state, source, on_frames, opened=None, spool=None):
+    """One video, read and encoded clip by clip (`dfc.streaming`) into `spool` (a `ClipSpool`);
+    `opened`: `open_video(source)`."""
     from dfc.streaming import compress_stream
 
     args = state.args
@@ -180,12 +182,14 @@ def _compress(state, source, on_frames, opened=None):
         clip_frames=state.clip_frames,
         fit=args.resize,
         latent_dtype=args.latent_dtype,
+        latent_coding=args.entropy,
+        spool=spool,
+        quantization=args.latent_dtype != "f32",
         batch_size=args.batch,
         measure=([args.latent_dtype] + (["bf16"] if args.latent_dtype == "u8" else [])) if measure else (),
         on_frames=on_frames,
         extra={"weights_source": _recordable(state.loaded.source)},
     )
-    streamed.cv.latent_coding = args.entropy
     return streamed
 
 
@@ -230,12 +234,14 @@ class _CompressJob:
         return SimpleNamespace(args=args, loaded=loaded, clip_frames=clip_frames)
 
     def run(self, state, task, staging: Path, on_frames) -> dict:
-        from dfc.container import write_container
+        from dfc.container import ClipSpool, write_container
 
-        streamed = _compress(state, task.input, on_frames)
         name = f"{task.name}.dfc"
         (staging / name).parent.mkdir(parents=True, exist_ok=True)
-        write_container(staging / name, streamed.cv)
+        args = state.args
+        with ClipSpool(args.latent_dtype, args.entropy, (staging / name).parent) as spool:
+            streamed = _compress(state, task.input, on_frames, spool=spool)
+            write_container(staging / name, streamed.cv, spool)
         return {
             "outputs": [name],
             "frames": streamed.info.num_frames,

@@ -95,9 +95,18 @@ def _subject(name, cfg, table, prefix, build_jax, build_torch, channels_first=()
     )
 
 
+def _check_fits_memory(cfg: VAEConfig | DiTConfig) -> None:
+    """Both frameworks hold a float32 copy of the weights: refuse a model this machine cannot hold twice."""
+    from common.model_size import check_fits_memory
+
+    check_fits_memory(cfg, 4, copies=2, what=f"parity of this {cfg.model_type.upper()} in JAX and torch")
+
+
 def vae_subject(cfg: VAEConfig) -> Subject:
     def build_jax(dtype, variant):
         import jax_ref
+
+        _check_fits_memory(cfg)
 
         return jax_ref.VideoVAE(cfg, **_jax_kwargs(dtype, variant))
 
@@ -112,6 +121,8 @@ def vae_subject(cfg: VAEConfig) -> Subject:
 def dit_subject(cfg: DiTConfig) -> Subject:
     def build_jax(dtype, variant):
         import jax_ref
+
+        _check_fits_memory(cfg)
 
         return jax_ref.VideoDiT(cfg, **_jax_kwargs(dtype, variant))
 
