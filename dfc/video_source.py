@@ -120,7 +120,8 @@ class _Log(threading.Thread):
         self.size: tuple[int, int] | None = None
         self.warnings = 0
         self.first: list[str] = []  # the first KEPT_WARNINGS warning messages, without prefixes
-        self.head: list[str] = []  # the log up to the output header: what explains a failure to open
+        # the start of the log and its latest lines: what explains a failure to open or a damaged end
+        self.head: list[str] = []
         self.tail: collections.deque[str] = collections.deque(maxlen=_KEPT_LINES)
         self.ready = threading.Event()  # the size is known, or ffmpeg ended without one
         self._in_output = False
@@ -145,8 +146,7 @@ class _Log(threading.Thread):
                 if len(self.first) < KEPT_WARNINGS:
                     self.first.append(message)
         if self.size is None:
-            if len(self.head) < _KEPT_LINES:
-                self.head.append(line)
+            (self.head if len(self.head) < _KEPT_LINES else self.tail).append(line)
             if message.startswith("Output #"):
                 self._in_output = True
             elif self._in_output and message.startswith("Stream #") and " Video: " in message:
@@ -165,8 +165,8 @@ class FfmpegReader:
     """ffmpeg decoding a file's first video stream to rgb24 frames on a pipe.
 
     Every decoded frame comes exactly once (`-fps_mode passthrough`); audio and subtitles are left
-    out. ffmpeg runs in its own process group, so a Ctrl-C in the terminal reaches only Python, which
-    stops it (`stop`) as it unwinds; SIGTERM unwinds the same way (dfc.cli).
+    out. ffmpeg runs in its own session (process group), so a Ctrl-C in the terminal reaches only
+    Python, which stops it (`stop`) as it unwinds; SIGTERM unwinds the same way (dfc.cli).
     """
 
     def __init__(self, path: Path, max_frames: int | None = None):
