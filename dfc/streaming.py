@@ -10,7 +10,7 @@ clip, so they need no second copy of the video or of its latents either.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from dfc.container import ClipLatents, ClipSpool, CompressedVideo, KeepSettings
 from dfc.latent_values import stored_values
-from dfc.video import VideoInfo, check_clip_frames, fit_clips, open_video
+from dfc.video import VideoFrames, VideoInfo, check_clip_frames, fit_clips, open_video
 
 
 @dataclass
@@ -27,6 +27,7 @@ class StreamedVideo:
     info: VideoInfo  # num_frames counted while reading
     quality: dict[str, dict[str, float]] = field(default_factory=dict)  # dtype -> {"mse", "psnr"}
     quantization: dict | None = None  # `container_report.quantization_effect`, when asked for
+    warning: str | None = None  # the line printed about a file that did not decode cleanly (VideoFrames)
 
 
 class _Squares:
@@ -49,7 +50,7 @@ def compress_stream(
     vae,
     path: str | os.PathLike,
     *,
-    opened: tuple[VideoInfo, Iterator[np.ndarray]] | None = None,
+    opened: tuple[VideoInfo, VideoFrames] | None = None,
     weights_id: str,
     mode: str = "threshold",
     k: int | None = None,
@@ -87,9 +88,9 @@ def compress_stream(
     if opened is None:
         check_clip_frames(clip_frames, cfg.max_temporal_len)  # before ffmpeg starts
         opened = open_video(path, max_frames=max_frames)
-    info, frames = opened
+    info, stream = opened
     crop, clips = fit_clips(
-        frames, info, clip_frames, cfg.height, cfg.width, fit, max_len=cfg.max_temporal_len, source=path
+        stream, info, clip_frames, cfg.height, cfg.width, fit, max_len=cfg.max_temporal_len, source=path
     )
     squares = {dtype: _Squares() for dtype in measure}
     tally = QuantizationTally(latent_dtype) if quantization else None
@@ -136,4 +137,5 @@ def compress_stream(
     )
     counted = VideoInfo(num_frames, info.fps, info.width, info.height)
     quality = {dtype: sums.result() for dtype, sums in squares.items()}
-    return StreamedVideo(cv, counted, quality, tally.result() if tally is not None else None)
+    quantization = tally.result() if tally is not None else None
+    return StreamedVideo(cv, counted, quality, quantization, stream.warning)

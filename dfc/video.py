@@ -1,4 +1,4 @@
-"""Reading, fitting, splitting and writing users' videos (numpy + Pillow + imageio-ffmpeg; no torch).
+"""Reading, fitting, splitting and writing users' videos (numpy + Pillow + imageio-ffmpeg + PyAV; no torch).
 
 Everything a person can get wrong (a missing file, a text file, a folder that is not empty) ends in a
 one-line `UserError`; wrong array shapes from the program itself are `ValueError`s.
@@ -22,6 +22,15 @@ import numpy as np
 
 from common.atomic import atomic_output as staged_output
 from dfc.errors import UserError
+from dfc.video_source import (
+    FfmpegReader,
+    StreamFacts,
+    decode_warning,
+    ffmpeg_exe,
+    ffmpeg_reason,
+    has_no_frames,
+    stream_facts,
+)
 
 FIT_MODES = ("crop", "stretch")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -101,14 +110,6 @@ class Crop:
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def ffmpeg_exe() -> str:
-    try:
-        import imageio_ffmpeg
-    except ImportError as err:  # pragma: no cover - the `video` extra is missing
-        raise UserError("reading and writing videos needs the 'video' extra: pip install '.[video]'") from err
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
 def _check_input(path: str | os.PathLike) -> Path:
     from common.files import InputFileError, check_regular
 
@@ -124,89 +125,79 @@ def _check_input(path: str | os.PathLike) -> Path:
     return path
 
 
-def ffmpeg_reason(text: str) -> str:
-    """The line of an ffmpeg log that says what went wrong, without the noise around it."""
-    lines = []
-    for line in text.splitlines():
-        line = re.sub(r"^(\[[^\]]*\]\s*)+", "", line.strip())  # "[mov,mp4 @ 0x55...] " prefixes
-        line = re.sub(r"^Error opening (input|output) files?: ", "", line)
-        if line and not line.startswith("==="):
-            lines.append(line)
-    # The most specific symptom first: "moov atom not found" (an unfinished mp4) beats the generic
-    # "Invalid data found" that ffmpeg prints after it.
-    for word in ("moov atom", "not found", "no such", "invalid", "error", "unknown"):
-        for line in reversed(lines):
-            if word in line.lower():
-                return line
-    return lines[-1] if lines else "ffmpeg could not read it"
-
-
-def _has_no_frames(ffmpeg_log: str) -> bool:
-    return "received no packets" in ffmpeg_log or "after EOF" in ffmpeg_log
-
-
-def _open_ffmpeg(path: Path, max_frames: int | None) -> tuple[VideoInfo, Iterator[bytes]]:
-    ffmpeg_exe()  # a clear message if the video extra is missing
-    import imageio_ffmpeg
-
-    # passthrough: every decoded frame exactly once (no duplicates or drops to force a constant rate);
-    # only the first video stream, no audio or subtitles.
-    output = ["-map", "0:v:0", "-an", "-sn", "-fps_mode", "passthrough"]
-    if max_frames is not None:
-        output += ["-frames:v", str(max_frames)]
-    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24", output_params=output)
+def _open_ffmpeg(path: Path, max_frames: int | None) -> tuple[VideoInfo, FfmpegReader, StreamFacts]:
+    """ffmpeg started on the file (a file it cannot read fails here, in its own words), then what the
+    file's container states, whose rate is the video's fps."""
+    reader = FfmpegReader(path, max_frames)
     try:
-        meta = next(gen)
-    except (OSError, RuntimeError, IndexError, ValueError, AttributeError, StopIteration) as err:
-        gen.close()
-        text = str(err)
-        if isinstance(err, IndexError) or "matches no streams" in text:
-            raise UserError(f"{path}: not a video (no video stream found)") from None
-        if _has_no_frames(text):
-            raise UserError(f"{path}: the video has no frames") from None
-        raise UserError(f"{path}: not a video ffmpeg can read ({ffmpeg_reason(text)})") from None
-    width, height = (int(v) for v in meta["size"])
-    fps = float(meta.get("fps") or 0.0) or _stream_fps(path)
-    info = VideoInfo(num_frames=0, fps=fps if fps > 0 else DEFAULT_FPS, width=width, height=height)
-    return info, gen
+        facts = stream_facts(path)
+    except BaseException:
+        reader.stop()
+        raise
+    fps = float(facts.rate) if facts.rate else DEFAULT_FPS
+    return VideoInfo(num_frames=0, fps=fps, width=reader.width, height=reader.height), reader, facts
 
 
-def _stream_header(path: Path) -> tuple[float, float | None]:
-    """(frame rate, duration in seconds or None) as ffmpeg states them for a file's first video
-    stream; imageio-ffmpeg cannot parse every rate (ffmpeg writes 1000 as "1k fps"). fps 0.0: none."""
-    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-i", str(path)]
-    text = subprocess.run(cmd, capture_output=True, text=True, errors="replace").stderr
-    fps, duration = 0.0, None
-    found = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", text)
-    if found:
-        hours, minutes, seconds = found.groups()
-        duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-    for line in text.splitlines():
-        if "Video:" in line:
-            match = re.search(r"(\d+(?:\.\d+)?)(k?) (?:fps|tbr)\b", line)
-            if match:
-                fps = float(match.group(1)) * (1000 if match.group(2) else 1)
-            break
-    return fps, duration
+class VideoFrames(Iterator[np.ndarray]):
+    """The frames `open_video` yields, uint8 `(H, W, 3)` one at a time: read to the end, or `close()`.
 
+    After the last frame of a video file, `warning` is the one line printed on stderr about it (the
+    frame count differs from what its container states, or ffmpeg complained while decoding; see
+    `dfc.video_source.decode_warning`), None for a clean video and for a folder of images.
+    """
 
-def _stream_fps(path: Path) -> float:
-    return _stream_header(path)[0]
+    def __init__(
+        self,
+        frames: Iterator[np.ndarray] | None = None,
+        reader: FfmpegReader | None = None,
+        *,
+        info: VideoInfo | None = None,
+        facts: StreamFacts | None = None,
+        max_frames: int | None = None,
+    ):
+        self._frames, self._reader = frames, reader
+        self._info, self._facts, self._max_frames = info, facts, max_frames
+        self.count = 0
+        self.warning: str | None = None
 
+    def __next__(self) -> np.ndarray:
+        if self._reader is None:
+            frame = next(self._frames)
+            self.count += 1
+            return frame
+        try:
+            data = self._reader.read()
+        except BaseException:  # a damaged file, Ctrl-C, SIGTERM: ffmpeg stops now
+            self.close()
+            raise
+        if data is None:
+            self._finish()
+            raise StopIteration
+        self.count += 1
+        return np.frombuffer(data, np.uint8).reshape(self._info.height, self._info.width, 3)
 
-def frame_count_warning(path: Path, decoded: int) -> str | None:
-    """One line when the frames decoded differ by more than one from what the file's header states
-    (its duration times its frame rate): a damaged or oddly timed file, worth knowing about."""
-    fps, duration = _stream_header(path)
-    if not fps or not duration:
-        return None
-    stated = round(duration * fps)
-    if abs(stated - decoded) <= 1:
-        return None
-    return (
-        f"warning: {path}: decoded {decoded} frames, its header states {stated} ({duration:g} s at "
-        f"{fps:g} fps); the file may be damaged or have a variable frame rate"
-    )
+    def _finish(self) -> None:
+        reader, self._reader = self._reader, None
+        self._frames = iter(())
+        reader.stop()
+        whole = self._max_frames is None or self.count < self._max_frames
+        self.warning = decode_warning(reader.path, self.count, self._facts, reader.warnings, whole=whole)
+        if self.warning:
+            print(self.warning, file=sys.stderr)
+
+    def close(self) -> None:
+        """Stop reading (ffmpeg is stopped); no warning line for a video not read to its end."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.stop()
+        close = getattr(self._frames, "close", None)
+        if close is not None:
+            close()
+        self._frames = iter(())
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -250,40 +241,21 @@ def _iter_folder(folder: Path, max_frames: int | None) -> tuple[VideoInfo, Itera
     return info, frames()
 
 
-def open_video(
-    path: str | os.PathLike, *, max_frames: int | None = None
-) -> tuple[VideoInfo, Iterator[np.ndarray]]:
-    """Start reading a video: its info (num_frames 0 = not counted yet for files) and a frame iterator.
+def open_video(path: str | os.PathLike, *, max_frames: int | None = None) -> tuple[VideoInfo, VideoFrames]:
+    """Start reading a video: its info (num_frames 0 = not counted yet for files) and its frames.
 
     Streaming lets a caller fit each frame to the model as it arrives instead of holding a long
     full-resolution video in memory. A folder of images reads as a video (sorted by file name).
+    After the last frame of a file, one line on stderr says when it was not clean (`VideoFrames`).
     """
     if max_frames is not None and max_frames < 1:
         raise UserError(f"max_frames must be at least 1, got {max_frames}")
     path = _check_input(path)
     if path.is_dir():
-        return _iter_folder(path, max_frames)
-    info, raw = _open_ffmpeg(path, max_frames)
-    frame_bytes = info.width * info.height * 3
-
-    def frames() -> Iterator[np.ndarray]:
-        count = 0
-        try:
-            for chunk in raw:
-                if len(chunk) != frame_bytes:  # pragma: no cover - imageio-ffmpeg guarantees whole frames
-                    raise UserError(f"{path}: ffmpeg returned a partial frame")
-                yield np.frombuffer(chunk, np.uint8).reshape(info.height, info.width, 3)
-                count += 1
-        except RuntimeError as err:
-            raise UserError(f"{path}: the video is damaged ({ffmpeg_reason(str(err))})") from None
-        finally:
-            raw.close()
-        if max_frames is None or count < max_frames:
-            warning = frame_count_warning(path, count)
-            if warning:
-                print(warning, file=sys.stderr)
-
-    return info, frames()
+        info, frames = _iter_folder(path, max_frames)
+        return info, VideoFrames(frames)
+    info, reader, facts = _open_ffmpeg(path, max_frames)
+    return info, VideoFrames(reader=reader, info=info, facts=facts, max_frames=max_frames)
 
 
 def read_video(path: str | os.PathLike, *, max_frames: int | None = None) -> tuple[np.ndarray, VideoInfo]:
@@ -305,7 +277,7 @@ def _count_frames(path: Path) -> int:
     cmd += ["-map", "0:v:0", "-fps_mode", "passthrough", "-f", "null", "-"]
     result = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
     counts = re.findall(r"^frame=(\d+)$", result.stdout, flags=re.MULTILINE)
-    if _has_no_frames(result.stderr) or (counts and int(counts[-1]) == 0):
+    if has_no_frames(result.stderr) or (counts and int(counts[-1]) == 0):
         raise UserError(f"{path}: the video has no frames")
     if result.returncode != 0 or not counts:
         raise UserError(f"{path}: the video is damaged ({ffmpeg_reason(result.stderr)})")
@@ -318,8 +290,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     if path.is_dir():
         info, _ = _iter_folder(path, None)
         return info
-    info, raw = _open_ffmpeg(path, None)
-    raw.close()
+    info, reader, _ = _open_ffmpeg(path, None)
+    reader.stop()
     return VideoInfo(_count_frames(path), info.fps, info.width, info.height)
 
 
@@ -468,24 +440,6 @@ def fit_clips(
             raise UserError(f"{source}: the video has no frames")
 
     return crop, clips()
-
-
-def stream_clips(
-    path: str | os.PathLike,
-    clip_frames: int,
-    height: int,
-    width: int,
-    fit: str = "crop",
-    *,
-    max_len: int | None = None,
-    max_frames: int | None = None,
-) -> tuple[VideoInfo, Crop, Iterator[tuple[int, np.ndarray]]]:
-    """Read a video clip by clip (`open_video` + `fit_clips`): its info (`num_frames` 0 while a file is
-    not counted yet), how frames are fitted, and the `(start, clip)` iterator."""
-    check_clip_frames(clip_frames, max_len)  # before ffmpeg starts
-    info, frames = open_video(path, max_frames=max_frames)
-    crop, clips = fit_clips(frames, info, clip_frames, height, width, fit, max_len=max_len, source=path)
-    return info, crop, clips
 
 
 # ----------------------------------------------------------------------------------------------- writing

@@ -179,17 +179,28 @@ def test_a_glob_and_a_manifest_name_the_videos(videos, tmp_path):
 
 
 def test_evaluate_over_a_manifest_resumes_and_tables_every_finished_video(videos, weights, tmp_path):
+    mine = tmp_path / "videos"
+    mine.mkdir()
+    for name in ("b.mkv", "broken.mp4"):
+        (mine / name).write_bytes((videos / name).read_bytes())
+    cut = make_test_video(mine / "cut.mp4", 16, 32, 32, options=["-movflags", "+faststart"])
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 6 // 10])  # cut off: decodes in part
     manifest = tmp_path / "clips.jsonl"
-    manifest.write_text(
-        "".join(json.dumps({"path": str(videos / n)}) + "\n" for n in ("b.mkv", "broken.mp4"))
-    )
+    paths = [mine / "b.mkv", mine / "broken.mp4", cut]
+    manifest.write_text("".join(json.dumps({"path": str(path)}) + "\n" for path in paths))
     out = tmp_path / "report"
     args = ("--weights", weights, "--out", out, "--clip-frames", 8, "--draws", 2, "--topk", "2", "--quiet")
     result = dfc("evaluate", manifest, *args, "--no-figures")
     assert result.returncode == 1, result.stderr
     assert "| b_clip0_8f | 8 |" in result.stdout and "| b_clip1_1f | 1 |" in result.stdout
     rows = json.loads((out / "evaluation.json").read_text())["clips"]
-    assert [(r["video"], r["frames"]) for r in rows] == [("b.mkv", 8), ("b.mkv", 1)]
+    assert [(r["video"], r["frames"]) for r in rows if r["video"] == "b.mkv"] == [("b.mkv", 8), ("b.mkv", 1)]
+    # the cut-off video is evaluated as far as it decodes; one line says so, and its record keeps it
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and f"{cut}: decoded" in warnings[0] and "states 16 (nb_frames)" in warnings[0]
+    records = {Path(r["input"]).name: r for r in _records(out)}
+    assert records["cut.mp4"]["status"] == "done" and records["cut.mp4"]["warning"] == warnings[0]
+    assert "warning" not in records["b.mkv"]
 
 
 @pytest.mark.parametrize(

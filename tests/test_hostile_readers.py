@@ -335,7 +335,7 @@ def test_a_truncated_video_decodes_with_one_warning_line_and_a_whole_one_without
     assert capsys.readouterr().err == ""
     decoded = read_video(tmp_path / "cut.avi")[1].num_frames
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and f"decoded {decoded} frames, its header states" in lines[0]
+    assert len(lines) == 1 and f"decoded {decoded} frames, its container states 40 (nb_frames)" in lines[0]
 
 
 def test_a_pickle_with_code_is_refused_without_torchs_advice_to_run_it(tmp_path):

@@ -82,6 +82,15 @@ def test_frames_can_be_streamed_one_at_a_time(videos):
     assert sum(1 for frame in frames if frame.shape == (ODD_H, ODD_W, 3)) == LONG_T
 
 
+def test_a_video_recorded_sideways_reads_upright(videos, tmp_path):
+    """A phone's rotation flag: ffmpeg turns the frames, and the frame size is what it outputs."""
+    sideways = tmp_path / "sideways.mp4"
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-display_rotation", "90"]
+    subprocess.run([*cmd, "-i", str(videos[".mp4"]), "-c", "copy", str(sideways)], check=True)
+    frames, info = read_video(sideways, max_frames=3)
+    assert (info.width, info.height) == (ODD_H, ODD_W) and frames.shape == (3, ODD_W, ODD_H, 3)
+
+
 def test_a_folder_of_images_reads_as_a_video(tmp_path):
     from PIL import Image
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -42,8 +43,9 @@ def synthetic_frames(
     return frames
 
 
-def encode(path: str | Path, frames: np.ndarray, fps: float) -> Path:
-    """Encode uint8 frames with the ffmpeg binary that imageio-ffmpeg ships; the suffix picks the codec."""
+def encode(path: str | Path, frames: np.ndarray, fps: float, options: Sequence[str] = ()) -> Path:
+    """Encode uint8 frames with the ffmpeg binary that imageio-ffmpeg ships; the suffix picks the codec,
+    `options` are more output options (e.g. `["-movflags", "+faststart"]`)."""
     path = Path(path)
     _, height, width, _ = frames.shape
     codec = list(_CODECS[path.suffix.lower()])
@@ -60,6 +62,7 @@ def encode(path: str | Path, frames: np.ndarray, fps: float) -> Path:
         "-i",
         "-",
         *codec,
+        *options,
         str(path),
     ]
     subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True, capture_output=True)
@@ -73,6 +76,7 @@ def make_test_video(
     height: int,
     fps: float = 10,
     pattern: str = "moving",
+    options: Sequence[str] = (),
 ) -> Path:
     """A real video file at `path` (mp4, mov, mkv, webm, avi or gif by suffix), any size, odd included."""
-    return encode(path, synthetic_frames(num_frames, width, height, pattern), fps)
+    return encode(path, synthetic_frames(num_frames, width, height, pattern), fps, options)

@@ -249,6 +249,7 @@ class _CompressJob:
             "bytes": (staging / name).stat().st_size,
             "weights": state.loaded.identity,
             "quality": streamed.quality,
+            **({"warning": streamed.warning} if streamed.warning else {}),
         }
 
     def finish(self, out: Path, tasks, ledger, args) -> None:

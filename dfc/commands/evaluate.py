@@ -177,13 +177,14 @@ class _EvaluateJob:
     def run(self, state, task, staging: Path, on_frames) -> dict:
         """Clip by clip: one clip's frames in memory at a time."""
         from dfc.evaluation import bernoulli_draws, evaluate_clip
-        from dfc.video import stream_clips
+        from dfc.video import fit_clips, open_video
 
         args, vae = state.args, state.loaded.model
         cfg = vae.config
-        info, crop, clips = stream_clips(
-            task.input, state.clip_frames, cfg.height, cfg.width, args.resize,
-            max_len=cfg.max_temporal_len, max_frames=args.max_frames,
+        info, stream = open_video(task.input, max_frames=args.max_frames)
+        crop, clips = fit_clips(
+            stream, info, state.clip_frames, cfg.height, cfg.width, args.resize,
+            max_len=cfg.max_temporal_len, source=task.input,
         )  # fmt: skip
         video = task.name + Path(task.input).suffix
         key = zlib.crc32(task.name.encode())
@@ -219,6 +220,7 @@ class _EvaluateJob:
             "weights": state.loaded.identity,
             "clip_frames": state.clip_frames,
             "model_size": [cfg.height, cfg.width],
+            **({"warning": stream.warning} if stream.warning else {}),
         }
 
     def finish(self, out: Path, tasks, ledger, args) -> None:
