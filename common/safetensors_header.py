@@ -26,7 +26,11 @@ from common.files import InputFileError, check_regular, read_text_bounded
 
 ALIGN = 8
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; a larger "header" is not a header
-REASONS = ("short", "length", "truncated", "json", "object")
+# JSON values a header may hold, bounded before it is parsed: 100 MB of `[0,0,...]` parse into 50 M
+# values (600 MB); 2**21 keep any header under 400 MB of Python objects and still describe about
+# 200,000 tensors (a .dfc of some 80,000 clips).
+MAX_HEADER_VALUES = 2**21
+REASONS = ("short", "length", "truncated", "json", "object", "values")
 # Bytes per element of every dtype the safetensors format defines.
 DTYPE_SIZES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
@@ -39,16 +43,29 @@ MAX_INDEX_BYTES = 64 * 1024 * 1024
 
 class HeaderError(ValueError):
     """`reason`: short (under 8 bytes), length (0 or above the limit), truncated (the header runs past the
-    end of the file), json (not UTF-8 JSON), object (JSON, but not an object)."""
+    end of the file), json (not UTF-8 JSON), object (JSON, but not an object), values (more JSON values
+    than `MAX_HEADER_VALUES`)."""
 
     def __init__(self, reason: str, length: int = 0, file_size: int = 0):
         super().__init__(f"{reason} (header length {length}, {file_size} bytes)")
         self.reason, self.length, self.file_size = reason, length, file_size
 
 
+def value_bound(text: bytes) -> int:
+    """At least the number of JSON values `text` holds (every value after a container's first follows a
+    comma, and every container opens with a bracket), counted without parsing it."""
+    return text.count(b",") + text.count(b"[") + text.count(b"{") + 1
+
+
 def frame(header: dict[str, Any]) -> bytes:
-    """The 8-byte length plus the compact JSON `header`, padded so that the data is 8-byte aligned."""
+    """The 8-byte length plus the compact JSON `header`, padded so that the data is 8-byte aligned.
+    A header that readers would refuse (`MAX_HEADER_BYTES`, `MAX_HEADER_VALUES`) is a `ValueError`."""
     text = json.dumps(header, separators=(",", ":")).encode()
+    if len(text) > MAX_HEADER_BYTES or value_bound(text) > MAX_HEADER_VALUES:
+        raise ValueError(
+            f"the header would hold {len(text):,} bytes and up to {value_bound(text):,} JSON values; "
+            f"readers take at most {MAX_HEADER_BYTES:,} bytes and {MAX_HEADER_VALUES:,} values"
+        )
     text += b" " * (-len(text) % ALIGN)
     return struct.pack("<Q", len(text)) + text
 
@@ -65,8 +82,12 @@ def _length(prefix: bytes, file_size: int) -> int:
 
 
 def _decode(raw: bytes, length: int, file_size: int) -> dict[str, Any]:
+    if value_bound(raw) > MAX_HEADER_VALUES:
+        raise HeaderError("values", length, file_size)
     try:
-        header = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        text = raw.decode("utf-8")
+        del raw  # the caller passed its only reference: the bytes go before the parse, 100 MB less at worst
+        header = json.loads(text, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise HeaderError("json", length, file_size) from None
     if not isinstance(header, dict):
@@ -89,10 +110,14 @@ def read(f: BinaryIO, file_size: int) -> tuple[dict[str, Any], int]:
     never more than the 8-byte length and the header it announces, once checked."""
     f.seek(0)
     length = _length(f.read(8), file_size)
+    return _decode(_read_exactly(f, length, file_size), length, file_size), 8 + length
+
+
+def _read_exactly(f: BinaryIO, length: int, file_size: int) -> bytes:
     raw = f.read(length)
     if len(raw) != length:  # the file shrank meanwhile
         raise HeaderError("truncated", length, file_size)
-    return _decode(raw, length, file_size), 8 + length
+    return raw
 
 
 # ------------------------------------------------------------------------------------------ tensor table
@@ -195,6 +220,7 @@ def describe(err: HeaderError) -> str:
         "truncated": f"truncated: the header needs {8 + err.length:,} bytes, the file has {err.file_size:,}",
         "json": "its header is not JSON",
         "object": "its header is not a JSON object",
+        "values": f"its header holds more than {MAX_HEADER_VALUES:,} JSON values, more than any header needs",
     }[err.reason]
 
 

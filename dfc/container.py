@@ -237,7 +237,10 @@ def _emit(out, metadata: dict[str, str], spool: ClipSpool) -> None:
                 "data_offsets": [offset, offset + nbytes],
             }
             offset += nbytes
-    prefix = framing.frame(header)
+    try:
+        prefix = framing.frame(header)
+    except ValueError as err:  # a video too long for one file: say so rather than write what no reader takes
+        raise ContainerError(f"cannot write this video as one .dfc file: {err}") from None
     needle = _digest_field(_DIGEST_PLACEHOLDER)
     at = prefix.index(needle) + needle.index(_DIGEST_PLACEHOLDER.encode())
     digest = hashlib.sha256(prefix)
@@ -345,6 +348,8 @@ def _describe_framing(err: framing.HeaderError) -> str:
         "truncated": f"truncated: the header needs {8 + err.length} bytes, the file has {err.file_size}",
         "json": "not a .dfc file (its header is not JSON)",
         "object": "not a .dfc file (its header is not a JSON object)",
+        "values": f"its header holds more than {framing.MAX_HEADER_VALUES:,} JSON values (a .dfc of about "
+        "80,000 clips at most)",
     }[err.reason]
 
 

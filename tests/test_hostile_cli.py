@@ -224,6 +224,47 @@ print(json.dumps({{"grew": hwm() - base, "lines": lines}}))
     assert answer["grew"] < REFUSAL_BUDGET, answer
 
 
+def _header_file(path: Path, body: bytes) -> Path:
+    body += b" " * (-len(body) % 8)
+    path.write_bytes(len(body).to_bytes(8, "little") + body)
+    return path
+
+
+def test_a_header_of_millions_of_json_values_is_refused_before_it_is_parsed(tmp_path):
+    """100 MB of `[0,0,...]` parse into 50 M values (600 MB); a header's values are counted first. The
+    costliest header under the count (long strings) still parses within the refusal budget."""
+    from common.safetensors_header import MAX_HEADER_VALUES
+
+    size = 100 * 2**20 - 64
+    zeros = _header_file(tmp_path / "zeros.dfc", b'{"a":[' + b"0," * (size // 2 - 4) + b"0]}")
+    count = MAX_HEADER_VALUES - 8
+    text = b'"' + b"x" * (size // count - 3) + b'"'
+    strings = _header_file(tmp_path / "strings.dfc", b'{"a":[' + b",".join([text] * count) + b"]}")
+    weights = write_weights_folder(tmp_path / "w", zeros.read_bytes(), None)
+    body = f"""
+from dfc.container import read_container, ContainerError
+from torch_impl import load_vae, WeightsError
+base = hwm()
+lines = []
+for path in [{str(zeros)!r}, {str(strings)!r}]:
+    try:
+        read_container(path)
+    except ContainerError as err:
+        lines.append(str(err))
+try:
+    load_vae({str(weights)!r}, config="vae-tiny")
+except WeightsError as err:
+    lines.append(str(err))
+print(json.dumps({{"grew": hwm() - base, "lines": lines}}))
+"""
+    answer = _child(body)
+    assert len(answer["lines"]) == 3 and all("\n" not in line for line in answer["lines"])
+    assert f"more than {MAX_HEADER_VALUES:,} JSON values" in answer["lines"][0]
+    assert "without dfc metadata" in answer["lines"][1]  # parsed: a header, but not a .dfc's
+    assert f"more than {MAX_HEADER_VALUES:,} JSON values" in answer["lines"][2]
+    assert answer["grew"] < REFUSAL_BUDGET, answer
+
+
 def _long_dfc(files, path: Path, clips: int, side=(320, 240)) -> Path:
     from dfc.container import write_container
 

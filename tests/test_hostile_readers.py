@@ -509,3 +509,10 @@ def test_any_description_in_a_sealed_dfc_is_valid_or_one_error(changes):
 def test_property_inputs_include_the_good_file():
     assert decode_container(_GOOD_DFC).num_frames == 16
     assert np.isfinite(decode_container(_GOOD_DFC).clips[0].latents).all()
+
+
+def test_a_header_no_reader_would_take_is_never_written():
+    """The writers' side of the header limits: a video too long for one .dfc fails before writing."""
+    framing.frame({"a": [0] * (framing.MAX_HEADER_VALUES - 8)})
+    with pytest.raises(ValueError, match="readers take at most .* 2,097,152 values"):
+        framing.frame({"a": [0] * framing.MAX_HEADER_VALUES})
