@@ -51,10 +51,11 @@ class HeaderError(ValueError):
         self.reason, self.length, self.file_size = reason, length, file_size
 
 
-def value_bound(text: bytes) -> int:
+def value_bound(text: bytes | str) -> int:
     """At least the number of JSON values `text` holds (every value after a container's first follows a
     comma, and every container opens with a bracket), counted without parsing it."""
-    return text.count(b",") + text.count(b"[") + text.count(b"{") + 1
+    marks = (",", "[", "{") if isinstance(text, str) else (b",", b"[", b"{")
+    return sum(text.count(mark) for mark in marks) + 1
 
 
 def frame(header: dict[str, Any]) -> bytes:
@@ -247,6 +248,8 @@ def read_index(folder: str | os.PathLike, name: str = INDEX_NAME) -> tuple[dict[
         text = read_text_bounded(path, MAX_INDEX_BYTES, what="a safetensors index")
     except InputFileError as err:
         raise IndexFileError(str(err)) from None
+    if value_bound(text) > MAX_HEADER_VALUES:  # an index names each tensor once, as a header does
+        raise IndexFileError(f"{path}: more than {MAX_HEADER_VALUES:,} JSON values, more than an index needs")
     try:
         index = json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError):

@@ -174,7 +174,16 @@ def test_a_tensor_the_index_lists_that_no_shard_holds_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "index", ['{"metadata": {}}', '{"weight_map": {"x": 3}}', '{"weight_map": []}', "[1]", "not json"]
+    "index",
+    [
+        '{"metadata": {}}',
+        '{"weight_map": {"x": 3}}',
+        '{"weight_map": []}',
+        "[1]",
+        "not json",
+        '{"weight_map": {}, "x": [' + "0," * framing.MAX_HEADER_VALUES + "0]}",  # 4 MB of values
+    ],
+    ids=["no-map", "number", "list", "array", "not-json", "millions"],
 )
 def test_an_index_without_a_usable_weight_map_is_one_error(tmp_path, index):
     folder = _sharded(tmp_path, lambda names: {n: "a.safetensors" for n in names})
