@@ -525,3 +525,17 @@ def test_a_header_no_reader_would_take_is_never_written():
     framing.frame({"a": [0] * (framing.MAX_HEADER_VALUES - 8)})
     with pytest.raises(ValueError, match="readers take at most .* 2,097,152 values"):
         framing.frame({"a": [0] * framing.MAX_HEADER_VALUES})
+
+
+def test_a_manifest_too_large_or_nested_too_deep_is_one_error(tmp_path):
+    from dfc.batch.inputs import resolve
+
+    huge = tmp_path / "videos.txt"
+    with open(huge, "wb") as f:
+        f.truncate(6 * 2**30)  # sparse: 6 GB to a reader
+    deep = tmp_path / "videos.jsonl"
+    deep.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    for manifest, said in ((huge, "too large for a manifest of videos"), (deep, "line 1 is not JSON")):
+        with pytest.raises(UserError) as caught:
+            resolve(manifest)
+        assert said in one_line(caught.value)

@@ -17,6 +17,7 @@ from dfc.errors import UserError
 from dfc.evaluation import VIDEO_SUFFIXES, find_videos
 
 MANIFEST_SUFFIXES = (".txt", ".jsonl", ".list")
+MAX_MANIFEST_BYTES = 64 * 2**20  # a million videos' paths; read whole, so bounded first
 _GLOB_CHARS = "*?["
 
 
@@ -87,10 +88,14 @@ def _manifest(path: Path) -> list[Path]:
     """One path per line (`#` comments and blank lines skipped), or JSONL: a string or {"path": ...} per
     line. Relative paths are relative to the manifest's folder. Missing files are kept: each is recorded
     as a failed video, like any other bad one."""
+    from common.files import InputFileError, read_text_bounded
+
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read the manifest ({err})") from None
+        lines = read_text_bounded(path, MAX_MANIFEST_BYTES, what="a manifest of videos").splitlines()
+    except InputFileError as err:
+        raise UserError(str(err)) from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the manifest ({err.strerror or err})") from None
     jsonl = path.suffix.lower() == ".jsonl"
     files = []
     for number, line in enumerate(lines, 1):
@@ -101,7 +106,7 @@ def _manifest(path: Path) -> list[Path]:
         if jsonl:
             try:
                 entry = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise UserError(f"{path}: line {number} is not JSON") from None
             if isinstance(entry, dict):
                 entry = entry.get("path")
