@@ -33,6 +33,7 @@ from parity.structure import is_namedtuple, map_leaves
 FORMAT = "dfc-parity-trace"
 VERSION = 1
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 64 * 2**20  # the published VAE's trace manifest is under 1 MB
 SHARD_BYTES = 128 << 20
 # dtypes a side may compute in that are narrower than the float32 a capture widens them to: stored as is
 _NARROW = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16)}
@@ -329,9 +330,13 @@ class Trace(_Store):
         path = self.directory / MANIFEST
         if not path.is_file():
             raise TraceError(f"{self.directory}: not a parity trace (no {MANIFEST})")
+        from common.files import InputFileError, read_text_bounded
+
         try:
-            self.manifest = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
+            self.manifest = json.loads(read_text_bounded(path, MAX_MANIFEST_BYTES, what="a trace manifest"))
+        except InputFileError as err:
+            raise TraceError(str(err)) from None
+        except (ValueError, RecursionError):
             raise TraceError(f"{path}: not JSON") from None
         if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
             raise TraceError(f"{path}: not a parity trace manifest")
@@ -342,12 +347,18 @@ class Trace(_Store):
         self._stored: dict[str, StoredTensor] = {}
         try:
             for name in self.manifest["shards"]:
-                self._stored.update(read_header(self.directory / name)[0])
+                self._stored.update(read_header(self._shard(path, name))[0])
         except (SafetensorsError, OSError) as err:
             raise TraceError(f"{self.directory}: {err}") from None
         except (KeyError, TypeError):
             raise TraceError(f"{path}: no shard list") from None
         self.cases = {c["name"]: c for c in self.manifest.get("cases", [])}
+
+    def _shard(self, manifest: Path, name: Any) -> Path:
+        """A shard the manifest names: a plain file name inside the trace directory, nothing else."""
+        if not isinstance(name, str) or not name or name != Path(name).name or name in (".", ".."):
+            raise TraceError(f"{manifest}: shard {str(name)[:80]!r} is not a file name in the trace folder")
+        return self.directory / name
 
     @property
     def side(self) -> str:

@@ -539,3 +539,15 @@ def test_a_manifest_too_large_or_nested_too_deep_is_one_error(tmp_path):
         with pytest.raises(UserError) as caught:
             resolve(manifest)
         assert said in one_line(caught.value)
+
+
+@pytest.mark.parametrize("shard", ["../elsewhere.safetensors", "/etc/passwd", "sub/x.safetensors", 7])
+def test_a_trace_manifest_names_shards_only_inside_its_folder(tmp_path, shard):
+    from parity.trace import FORMAT, MANIFEST, VERSION, Trace, TraceError
+
+    (tmp_path / MANIFEST).write_text(json.dumps({"format": FORMAT, "version": VERSION, "shards": [shard]}))
+    with pytest.raises(TraceError, match="is not a file name in the trace folder"):
+        Trace(tmp_path)
+    (tmp_path / MANIFEST).write_text("[" * 100_000)
+    with pytest.raises(TraceError, match="not JSON"):
+        Trace(tmp_path)
