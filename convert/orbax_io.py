@@ -228,6 +228,21 @@ def _short(err: BaseException) -> str:
     return text if len(text) <= 240 else text[:237] + "..."
 
 
+def _within_memory(info: ArrayInfo) -> ArrayInfo:
+    """An array is read whole, so one that declares more bytes than this machine has available is refused
+    before the read would allocate them. The bytes on disk cannot bound it: Orbax compresses, and an
+    array of zeros rightly takes almost nothing."""
+    from common.model_size import available_memory
+
+    available = available_memory()
+    if available is not None and info.nbytes > available:
+        raise CheckpointError(
+            f"{info.key}: declares {list(info.shape)} {info.dtype.name} ({info.nbytes / 1e9:,.1f} GB), more "
+            f"than the {available / 1e9:,.1f} GB this machine has available (a damaged checkpoint?)"
+        )
+    return info
+
+
 def _parse_zarray(key: str, raw: bytes) -> tuple[tuple[int, ...], np.dtype]:
     meta = json.loads(raw)
     if meta.get("zarr_format") != 2:
@@ -297,7 +312,7 @@ class ArrayStore:
                 shape, dtype = _parse_zarray(key, result.value)
             except (ValueError, KeyError, TypeError) as err:
                 raise CheckpointError(f"{key}: corrupted array header ({err})") from None
-            infos.append(ArrayInfo(path, shape, dtype))
+            infos.append(_within_memory(ArrayInfo(path, shape, dtype)))
         return infos
 
     def _open(self, info: ArrayInfo):

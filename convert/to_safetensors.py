@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from common.tables import ROPE_DROP_REASON, TABLES
 from convert import layout, resolve
 from convert import safetensors_io as st
 from convert.checks import (
+    NO_IMPLEMENTATION,
     Answered,
     Checks,
     Pending,
@@ -145,6 +147,21 @@ def write_safetensors(job: SafetensorsJob, options: Options, report: Report, pro
     return report
 
 
+def _check_before_reading(config, shapes, itemsizes, step_dir: Path) -> bool:
+    """Whether the strict shape check must be awaited before any array is read, instead of overlapping
+    the conversion: when the arrays declare more values than a model of `config` holds (parameters and
+    RoPE caches, counted from the configuration alone), or more bytes than the checkpoint holds on disk
+    (with room for Orbax's compression). Either way some shape is wrong, and reading it could ask for
+    any amount of memory; the strict check names it first."""
+    from common.model_size import state_values
+
+    if sum(math.prod(shape) for shape in shapes.values()) > sum(state_values(config)):
+        return True
+    declared = sum(math.prod(shape) * itemsizes[name] for name, shape in shapes.items())
+    on_disk = sum(f.stat().st_size for f in step_dir.rglob("*") if f.is_file() and not f.is_symlink())
+    return declared > 4 * on_disk + 64 * 2**20
+
+
 def orbax_to_safetensors(src, dst, options, report, progress, log, checks: Checks) -> Report:
     location = resolve_checkpoint(src, options.step)
     subtree = find_model_subtree(read_tree_paths(location.step_dir))
@@ -165,6 +182,11 @@ def orbax_to_safetensors(src, dst, options, report, progress, log, checks: Check
     kinds = resolve.kinds(table, shapes)
     try:
         params = [n for n in names if kinds[n] is not Kind.ROPE_CACHE]
+        itemsizes = {n: info.dtype.itemsize for n, info in infos.items()}
+        if config is not None and _check_before_reading(config, shapes, itemsizes, location.step_dir):
+            found = {kinds[n].torch_name(n): kinds[n].torch_shape(shapes[n]) for n in params}
+            finish_shape_check(checks, shape_check, found, report)
+            shape_check = Answered({"skipped": NO_IMPLEMENTATION})  # reported already: not again at the end
         # The reader starts now, so that the first batch arrives while the RoPE caches are checked. Each
         # tensor comes as the table's PyTorch view of it (`layout.to_torch`), which the writer thread lays
         # out (`copy_into`): faster than tensorstore's transposing read, and off the reader's path.

@@ -72,3 +72,38 @@ def test_sizes():
     assert parse_size("2GiB") == 2 * 2**30 and parse_size("1000") == 1000
     with pytest.raises(argparse.ArgumentTypeError):
         parse_size("lots")
+
+
+def _declare_shape(checkpoint, tmp_path, leaf: str, shape: list[int]):
+    """A copy of `checkpoint` whose array `leaf` declares `shape` in its header (its data unchanged)."""
+    import json
+    import shutil
+
+    import tensorstore as ts
+
+    copy = tmp_path / checkpoint.name
+    shutil.copytree(checkpoint, copy)
+    store = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{copy}/"}).result()
+    key = f"{leaf}/.zarray"
+    header = json.loads(store.read(key).result().value)
+    header.update(shape=shape, chunks=shape)
+    store.write(key, json.dumps(header).encode()).result()
+    return copy
+
+
+@pytest.mark.parametrize(
+    "shape, said",
+    [
+        ([10**6, 10**6], "declares [1000000, 1000000] float32 (4,000.0 GB), more than the"),
+        ([6000, 6000], "strict check against torch_impl: "),
+    ],
+    ids=["more-than-memory", "wrong-shape"],
+)
+def test_an_array_declaring_a_wrong_size_is_refused_before_it_is_read(
+    tmp_path, checkpoint, capsys, shape, said
+):
+    hostile = _declare_shape(checkpoint, tmp_path, "model.up_proj.kernel.value", shape)
+    assert main(["convert", str(hostile), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and said in err, err
+    assert not (tmp_path / "out").exists()
