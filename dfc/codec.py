@@ -230,12 +230,39 @@ def compress_fitted(
         vae, fitted, spans, mode=mode, k=k, keep_rate=keep_rate, seed=seed, batch_size=batch_size,
         progress=progress,
     )  # fmt: skip
+    return compressed_video(
+        vae, weights_id, clips, fps=fps, num_frames=len(fitted), crop=crop, clip_frames=clip_frames,
+        mode=mode, k=k, keep_rate=keep_rate, seed=seed, latent_dtype=latent_dtype,
+        source_name=source_name, extra=extra,
+    )  # fmt: skip
+
+
+def compressed_video(
+    vae: VideoVAE,
+    weights_id: str,
+    clips: list[ClipLatents],
+    *,
+    fps: float,
+    num_frames: int,
+    crop: Crop,
+    clip_frames: int,
+    mode: str,
+    k: int | None,
+    keep_rate: float | None,
+    seed: int,
+    latent_dtype: str,
+    source_name: str | None,
+    extra: dict | None,
+    latent_coding: str = "none",
+) -> CompressedVideo:
+    """The `CompressedVideo` of encoded `clips` and the settings that made them, for every compress route:
+    the seed is recorded only where it drew the frames (Bernoulli), a keep rate among the notes."""
     notes = dict(extra or {})
     if keep_rate is not None:
         notes["keep_rate"] = keep_rate
     return CompressedVideo(
         fps=fps,
-        num_frames=len(fitted),
+        num_frames=num_frames,
         crop=crop,
         model=model_info(vae, weights_id),
         keep=KeepSettings(mode=mode, k=k, seed=seed if mode == "bernoulli" else None),
@@ -244,6 +271,7 @@ def compress_fitted(
         latent_dtype=latent_dtype,
         source_name=source_name,
         extra=notes,
+        latent_coding=latent_coding,
     )
 
 

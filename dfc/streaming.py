@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dfc.container import ClipLatents, ClipSpool, CompressedVideo, KeepSettings
+from dfc.container import ClipLatents, ClipSpool, CompressedVideo
 from dfc.latent_values import stored_values
 from dfc.video import VideoFrames, VideoInfo, check_clip_frames, fit_clips, open_video
 
@@ -78,7 +78,7 @@ def compress_stream(
     `write_container(out, streamed.cv, spool)`); `quantization`: report what storing the latents as
     `latent_dtype` costs (`container_report.quantization_effect`), measured before they are stored.
     """
-    from dfc.codec import check_keep, compress_clip_batch, decode_clips, model_info
+    from dfc.codec import check_keep, compress_clip_batch, compressed_video, decode_clips
     from dfc.container_report import QuantizationTally
 
     check_keep(mode, k, keep_rate)
@@ -119,22 +119,11 @@ def compress_stream(
         pending.append((index, start, frames))
     flush()
     num_frames = done[-1].start + done[-1].num_frames
-    notes = dict(extra or {})
-    if keep_rate is not None:
-        notes["keep_rate"] = keep_rate
-    cv = CompressedVideo(
-        fps=info.fps,
-        num_frames=num_frames,
-        crop=crop,
-        model=model_info(vae, weights_id),
-        keep=KeepSettings(mode=mode, k=k, seed=seed if mode == "bernoulli" else None),
-        clips=done,
-        clip_frames=clip_frames,
-        latent_dtype=latent_dtype,
-        source_name=Path(path).name,
-        extra=notes,
-        latent_coding=latent_coding,
-    )
+    cv = compressed_video(
+        vae, weights_id, done, fps=info.fps, num_frames=num_frames, crop=crop, clip_frames=clip_frames,
+        mode=mode, k=k, keep_rate=keep_rate, seed=seed, latent_dtype=latent_dtype,
+        source_name=Path(path).name, extra=extra, latent_coding=latent_coding,
+    )  # fmt: skip
     counted = VideoInfo(num_frames, info.fps, info.width, info.height)
     quality = {dtype: sums.result() for dtype, sums in squares.items()}
     quantization = tally.result() if tally is not None else None
